@@ -26,7 +26,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m bridge.demo
+	$(BIN)/python demo/run.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bridge.sim.bench

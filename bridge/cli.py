@@ -65,20 +65,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def config_main(argv: list[str]) -> int:
     """Check a configuration file and print the effective settings."""
-    from bridge.config import load_config
+    from bridge.config import load_config, render_default_file
 
     parser = argparse.ArgumentParser(prog="kbridge config", description=config_main.__doc__)
-    parser.add_argument("--config", help="INI file (default: $KBRIDGE_CONFIG, else the shipped defaults)")
+    parser.add_argument("--config", help="INI file (default: $KBRIDGE_CONFIG, else the built-in defaults)")
     parser.add_argument("--json", action="store_true", help="print the effective settings as JSON")
+    parser.add_argument(
+        "--print-defaults", action="store_true", help="print the commented default file (config/kbridge.cfg)"
+    )
     options = parser.parse_args(argv)
-    config = load_config(options.config)
-    settings = config.as_dict()
+    if options.print_defaults:
+        print(render_default_file(), end="")
+        return 0
+    settings = load_config(options.config).as_dict()
     if options.json:
-        print(json.dumps(settings, indent=2, sort_keys=True, default=str))
-    else:
-        for section, values in settings.items():
-            print(f"[{section}]")
-            for key, value in values.items():
-                print(f"{key} = {value}")
-            print()
+        print(json.dumps(settings, indent=2))
+        return 0
+    for section, values in settings.items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            print(f"{key} = {text}")
+        print()
     return 0

@@ -28,7 +28,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_dockerfile_copies_only_paths_that_exist_in_the_build_context() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
-    sources = []
+    sources: list[str] = []
     for line in DOCKERFILE.read_text().splitlines():
         match = re.match(r"COPY\s+(?!--from)(.+)\s+\S+$", line)
         if match:

@@ -1,0 +1,424 @@
+"""Configuration: the option table, the file and docs rendered from it, parsing, and error reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.cli import config_main
+from bridge.config import (
+    FREE_FORM_SECTIONS,
+    OPTIONS,
+    REDACTED,
+    ConfigError,
+    KubeConfig,
+    Option,
+    SecretRef,
+    load_config,
+    render_default_file,
+    render_reference_markdown,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+KBRIDGE = str(Path(sys.executable).with_name("kbridge"))
+IMAGE_ENV = {
+    "KBRIDGE__KUBERNETES__WORKER_CONTAINER_REPOSITORY": "apache/airflow",
+    "KBRIDGE__KUBERNETES__WORKER_CONTAINER_TAG": "3.0.2",
+}
+IMAGE = {"kubernetes": {"worker_container_repository": "apache/airflow", "worker_container_tag": "3.0.2"}}
+START, END = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+POD_TEMPLATE = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: ignored}
+spec:
+  containers:
+    - name: base
+      image: example.com/worker:1.2
+"""
+
+
+def with_image(section: str, key: str, value: str) -> dict[str, dict[str, str]]:
+    """Settings that configure an image (so that problem is absent) plus one option."""
+    settings = {"kubernetes": dict(IMAGE["kubernetes"])}
+    settings.setdefault(section, {})[key] = value
+    return settings
+
+
+def write(tmp_path: Path, text: str, name: str = "kbridge.cfg") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(error: pytest.ExceptionInfo[ConfigError]) -> str:
+    return "\n".join(error.value.problems)
+
+
+# --- generated artefacts never drift from the table -----------------------------------------------------
+
+
+def test_shipped_file_is_exactly_what_the_table_renders() -> None:
+    shipped = (ROOT / "config" / "kbridge.cfg").read_text(encoding="utf-8")
+    assert shipped == render_default_file(), (
+        "regenerate: kbridge config --print-defaults > config/kbridge.cfg"
+    )
+
+
+def test_docs_reference_is_exactly_what_the_table_renders() -> None:
+    docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert docs.count(START) == 1
+    assert docs.count(END) == 1
+    assert docs.split(START)[1].split(END)[0] == render_reference_markdown()
+
+
+def test_shipped_file_loads_to_the_built_in_defaults() -> None:
+    from_file = load_config(ROOT / "config" / "kbridge.cfg", environ=IMAGE_ENV)
+    from_defaults = load_config(environ=IMAGE_ENV)
+    assert from_file.as_dict() == from_defaults.as_dict()
+
+
+def test_every_option_is_documented_and_typed_on_kubeconfig() -> None:
+    keys = [option.key for option in OPTIONS]
+    assert len(keys) == len(set(keys)), "option keys become attribute names, so they must be unique"
+    annotated = set(KubeConfig.__annotations__)
+    assert set(keys) | {section.name for section in FREE_FORM_SECTIONS} <= annotated
+    reference, shipped = render_reference_markdown(), render_default_file()
+    for option in OPTIONS:
+        assert option.help
+        assert f"`{option.key}`" in reference
+        assert f"\n{option.key} =" in shipped
+
+
+# --- parsing --------------------------------------------------------------------------------------------
+
+
+def test_values_are_parsed_into_typed_attributes(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+[kubernetes]
+worker_container_repository = apache/airflow
+worker_container_tag = 3.0.2
+delete_worker_pods = no
+run_as_user = 50000
+image_pull_secrets = regcred, other-cred ,
+affinity = {"nodeAffinity": {}}
+tolerations = [{"key": "gpu", "operator": "Exists"}]
+kube_client_request_args = {"_request_timeout": [5, 60]}
+delete_option_kwargs = {"grace_period_seconds": 10}
+[kubernetes_secrets]
+SQL_CONN = airflow-db=sql_alchemy_conn
+""",
+    )
+    config = load_config(path, environ={})
+    assert config.delete_worker_pods is False
+    assert config.run_as_user == 50000
+    assert config.fs_group is None
+    assert config.security_context() == {"runAsUser": 50000}
+    assert config.image_pull_secrets == ["regcred", "other-cred"]
+    assert config.affinity == {"nodeAffinity": {}}
+    assert config.tolerations == [{"key": "gpu", "operator": "Exists"}]
+    assert config.kube_client_request_args == {"_request_timeout": [5, 60]}
+    assert config.delete_option_kwargs == {"grace_period_seconds": 10}
+    assert config.kubernetes_secrets == {"SQL_CONN": SecretRef("airflow-db", "sql_alchemy_conn")}
+    assert config.kube_image == "apache/airflow:3.0.2"
+    assert config.result_stream == "kbridge:results", "an empty result_stream follows key_prefix"
+
+
+def test_environment_overrides_file_and_section_and_key_case_do_not_matter(tmp_path: Path) -> None:
+    path = write(tmp_path, "[Kubernetes]\nNameSpace = from-file\ntcp_keep_cnt = 3\n")
+    config = load_config(path, environ={**IMAGE_ENV, "KBRIDGE__kubernetes__Namespace": "from-env"})
+    assert config.namespace == "from-env"
+    assert config.tcp_keep_cnt == 3
+
+
+def test_config_path_comes_from_kbridge_config_when_not_given(tmp_path: Path) -> None:
+    path = write(tmp_path, "[kubernetes]\nnamespace = team-a\n")
+    config = load_config(environ={**IMAGE_ENV, "KBRIDGE_CONFIG": str(path)})
+    assert config.namespace == "team-a"
+
+
+def test_free_form_keys_keep_their_case_and_percent_is_literal(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[kubernetes_environment_variables]\nMixed_Case = 100%\n[kubernetes_labels]\nTeam = A\n"
+    )
+    env = {**IMAGE_ENV, "KBRIDGE__KUBERNETES_ENVIRONMENT_VARIABLES__lower_Var": "%(x)s"}
+    config = load_config(path, environ=env)
+    assert config.kubernetes_environment_variables == {"Mixed_Case": "100%", "lower_Var": "%(x)s"}
+    assert config.kubernetes_labels == {"Team": "A"}
+
+
+def test_a_default_section_does_not_leak_into_every_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "[DEFAULT]\nnamespace = leaked\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ=IMAGE_ENV)
+    assert "unknown section [DEFAULT]" in problems_of(error)
+
+
+def test_kubeconfig_accepts_settings_for_embedding_and_tests() -> None:
+    config = KubeConfig({**IMAGE, "bridge": {"key_prefix": "blue"}})
+    assert config.key_prefix == "blue"
+    assert config.result_stream == "blue:results"
+
+
+# --- error reporting -----------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("kubernetes", "namespace", "Team_A", "DNS-1123 label"),
+    ("kubernetes", "worker_container_image_pull_policy", "always", "Always, IfNotPresent, Never"),
+    ("kubernetes", "delete_worker_pods", "maybe", "true or false"),
+    ("kubernetes", "tcp_keep_cnt", "0", "integer 1..127"),
+    ("kubernetes", "run_as_user", "-1", "integer 0..2147483647"),
+    ("kubernetes", "affinity", '{"node_affinity": {}}', "did you mean 'nodeAffinity'"),
+    ("kubernetes", "tolerations", '{"key": "gpu"}', "JSON list of toleration objects"),
+    ("kubernetes", "tolerations", '[{"operator": "Sometimes"}]', "operator Equal or Exists"),
+    ("kubernetes", "kube_client_request_args", "{not json", "expected JSON"),
+    ("kubernetes", "delete_option_kwargs", '{"grace_period": 1}', "did you mean 'grace_period_seconds'"),
+    ("kubernetes", "image_pull_secrets", "ok,Not_OK", "Not_OK"),
+    ("kubernetes", "worker_service_account_name", "Bad Name", "Kubernetes object name"),
+    ("kubernetes", "pod_template_file", "/does/not/exist.yaml", "existing, readable file"),
+    ("kubernetes", "ssl_ca_cert", "~no-such-user-kbridge/ca.pem", "existing, readable file"),
+    ("bridge", "redis_url", "http://redis:6380", "redis://, rediss:// (TLS) or unix://"),
+    ("bridge", "key_prefix", "-bad-", "used as a label"),
+    ("kubernetes_labels", "team", "not a label value", "label value"),
+    ("kubernetes_labels", "bad key!", "x", "label key"),
+    ("kubernetes_annotations", "/no-prefix", "x", "annotation key"),
+    ("kubernetes_node_selectors", "disktype", "s s d", "label value"),
+    ("kubernetes_environment_variables", "1ST", "x", "environment variable name"),
+    ("kubernetes_secrets", "DB", "no-equals-sign", "secret_name=key"),
+    ("kubernetes_secrets", "DB", "Upper=key", "secret_name=key"),
+]
+
+
+def test_every_bad_option_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    first_per_key = {(section, key): value for section, key, value, _ in reversed(BAD_VALUES)}
+    sections: dict[str, list[str]] = {}
+    for (section, key), value in first_per_key.items():
+        sections.setdefault(section, []).append(f"{key} = {value}")
+    path = write(
+        tmp_path, "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ=IMAGE_ENV)
+    assert len(error.value.problems) == len(first_per_key), error.value.problems
+    for section, key in first_per_key:
+        assert any(problem.startswith(f"[{section}] {key} (from {path})") for problem in error.value.problems)
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), BAD_VALUES)
+def test_bad_value_message_names_option_value_and_fix(
+    section: str, key: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        KubeConfig(with_image(section, key, value))
+    assert len(error.value.problems) == 1, error.value.problems
+    problem = error.value.problems[0]
+    assert problem.startswith(f"[{section}] {key}")
+    assert repr(value) in problem
+    assert expected in problem
+
+
+def test_all_problems_of_one_file_are_listed_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+[kubernetes]
+namespace = Bad_NS
+namspace = typo
+tcp_keep_idle = forever
+[bridge]
+redis_url = http://x
+[kubernets_labels]
+a = b
+""",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={"KBRIDGE__KUBERNETES__TCP_KEEP_CNT": "500"})
+    text = str(error.value)
+    assert len(error.value.problems) == 6, text
+    assert "did you mean 'namespace'" in text
+    assert "did you mean 'kubernetes_labels'" in text
+    assert "[kubernetes] tcp_keep_cnt (from $KBRIDGE__KUBERNETES__TCP_KEEP_CNT) = '500'" in text
+    assert f"[kubernetes] namespace (from {path}) = 'Bad_NS'" in text
+
+
+def test_unknown_environment_overrides_are_problems_too() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(environ={**IMAGE_ENV, "KBRIDGE__BRIDGE__REDIS": "x", "KBRIDGE__NOSECTION": "y"})
+    text = problems_of(error)
+    assert "unknown option [bridge] REDIS in $KBRIDGE__BRIDGE__REDIS (did you mean 'redis_url'?)" in text
+    assert "$KBRIDGE__NOSECTION: expected KBRIDGE__<SECTION>__<KEY>" in text
+
+
+def test_missing_file_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(environ={"KBRIDGE_CONFIG": "/nowhere/kbridge.cfg"})
+    assert "$KBRIDGE_CONFIG '/nowhere/kbridge.cfg' is not an existing" in problems_of(error)
+
+
+def test_shipped_defaults_load_without_any_image() -> None:
+    """A task's executor_config may bring its image, so none is required globally (the pod builder checks)."""
+    config = load_config(environ={})
+    assert config.kube_image is None
+    assert config.namespace == "default"
+
+
+def test_ini_syntax_errors_are_reported_not_raised(tmp_path: Path) -> None:
+    path = write(tmp_path, "[kubernetes]\nnamespace = a\nnamespace = b\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ=IMAGE_ENV)
+    assert "is not a valid INI file" in problems_of(error)
+    assert "namespace" in problems_of(error)
+
+
+def test_unreadable_file_is_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.cfg"
+    path.write_bytes(b"[kubernetes]\nnamespace = caf\xe9\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ=IMAGE_ENV)
+    assert error.value.problems[0].startswith(f"{path} cannot be read")
+    assert "UTF-8" in error.value.problems[0]
+
+
+def test_cross_option_checks(tmp_path: Path) -> None:
+    kubeconfig = write(tmp_path, "apiVersion: v1\n", "kubeconfig")
+    with pytest.raises(ConfigError) as error:
+        KubeConfig(
+            {
+                "kubernetes": {
+                    "worker_container_repository": "apache/airflow",
+                    "config_file": str(kubeconfig),
+                },
+            }
+        )
+    text = problems_of(error)
+    assert "set worker_container_repository and worker_container_tag together" in text
+    assert "config_file" in text
+    assert "ignored while in_cluster = True" in text
+
+
+# --- pod template file ----------------------------------------------------------------------------------
+
+
+def test_pod_template_supplies_the_image_and_is_loaded_once(tmp_path: Path) -> None:
+    template = write(tmp_path, POD_TEMPLATE, "pod.yaml")
+    config = KubeConfig({"kubernetes": {"pod_template_file": str(template)}})
+    assert config.kube_image is None
+    assert config.pod_template is not None
+    assert config.pod_template["spec"]["containers"][0]["image"] == "example.com/worker:1.2"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("spec: [unclosed", "is not valid YAML"),
+        ("\0", "is not valid YAML"),
+        ("- just\n- a list\n", "is a list, not a pod"),
+        ("kind: Deployment\napiVersion: apps/v1\n", "has kind 'Deployment'"),
+        ("spec: {containers: {name: base}}\n", "'containers' must be a list of mappings"),
+    ],
+)
+def test_bad_pod_template_is_a_problem_naming_the_option(tmp_path: Path, text: str, expected: str) -> None:
+    template = write(tmp_path, text, "pod.yaml")
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes": {"pod_template_file": str(template)}})
+    assert len(error.value.problems) == 1
+    assert "pod_template_file" in error.value.problems[0]
+    assert expected in error.value.problems[0]
+
+
+# --- secrets ----------------------------------------------------------------------------------------------
+
+SIGNING_KEY = "k" * 40
+
+
+def test_signing_key_is_redacted_in_settings_and_errors() -> None:
+    config = KubeConfig({**IMAGE, "bridge": {"signing_key": SIGNING_KEY}})
+    assert config.signing_key == SIGNING_KEY
+    shown = json.dumps(config.as_dict())
+    assert SIGNING_KEY not in shown
+    assert config.as_dict()["bridge"]["signing_key"] == REDACTED
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({**IMAGE, "bridge": {"signing_key": "short-secret"}})
+    assert "short-secret" not in str(error.value)
+    assert "at least 32 characters" in str(error.value)
+
+
+def test_signing_key_from_file_or_environment(tmp_path: Path) -> None:
+    key_file = write(tmp_path, SIGNING_KEY + "\n", "signing.key")
+    assert KubeConfig({**IMAGE, "bridge": {"signing_key_file": str(key_file)}}).signing_key == SIGNING_KEY
+    from_env = load_config(environ={**IMAGE_ENV, "KBRIDGE__BRIDGE__SIGNING_KEY": SIGNING_KEY})
+    assert from_env.signing_key == SIGNING_KEY
+    with pytest.raises(ConfigError, match="keep one"):
+        KubeConfig({**IMAGE, "bridge": {"signing_key": SIGNING_KEY, "signing_key_file": str(key_file)}})
+
+
+def test_unusable_signing_key_file_is_one_clear_problem(tmp_path: Path) -> None:
+    empty = write(tmp_path, "\n", "empty.key")
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({**IMAGE, "bridge": {"signing_key_file": str(empty)}})
+    assert error.value.problems == [
+        f"[bridge] signing_key_file (from settings) = {str(empty)!r}: the file is empty"
+    ]
+
+
+def test_password_in_redis_url_is_redacted() -> None:
+    config = KubeConfig({**IMAGE, "bridge": {"redis_url": "rediss://user:hunter2@redis.example:6380/1"}})
+    assert config.redis_url.endswith("hunter2@redis.example:6380/1"), "the real value is kept for use"
+    assert config.as_dict()["bridge"]["redis_url"] == f"rediss://user:{REDACTED}@redis.example:6380/1"
+
+
+# --- robustness -----------------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(option=st.sampled_from(OPTIONS), value=st.text(max_size=40))
+def test_any_text_for_any_option_loads_or_gives_a_config_error(option: Option, value: str) -> None:
+    try:
+        config = KubeConfig(with_image(option.section, option.key, value))
+    except ConfigError as error:
+        problems = error.problems
+    else:
+        json.dumps(config.as_dict())  # effective settings are always printable
+        return
+    assert any(option.key in problem for problem in problems), problems
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+
+def test_kbridge_config_prints_defaults_and_effective_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert config_main(["--print-defaults"]) == 0
+    assert capsys.readouterr().out == render_default_file()
+    path = write(tmp_path, "[kubernetes]\nworker_container_repository = r\nworker_container_tag = t\n")
+    monkeypatch.setenv("KBRIDGE__BRIDGE__SIGNING_KEY", SIGNING_KEY)
+    assert config_main(["--config", str(path), "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["kubernetes"]["worker_container_repository"] == "r"
+    assert SIGNING_KEY not in printed
+
+
+def test_console_script_reports_a_bad_file_on_one_screen_without_traceback(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "[kubernetes]\nnamespace = Bad_NS\ntcp_keep_cnt = x\n[bridge]\nredis_url = http://x\n"
+    )
+    result = subprocess.run(
+        [KBRIDGE, "config", "--config", str(path)], capture_output=True, text=True, check=False, env={}
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"kbridge config: invalid configuration ({path}), 3 problems:"
+    assert len(lines) == 4
+    for fragment in ("namespace", "tcp_keep_cnt", "redis_url"):
+        assert fragment in result.stderr
