@@ -22,39 +22,77 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
 from bridge.errors import UserInputError
-from bridge.naming import is_dns1123_subdomain, is_qualified_name, is_valid_label_value
+from bridge.naming import (
+    CONFIG_KEY_RULE,
+    DNS1123_LABEL_RULE,
+    DNS1123_SUBDOMAIN_RULE,
+    ENV_VAR_NAME_RULE,
+    LABEL_VALUE_RULE,
+    QUALIFIED_NAME_RULE,
+    is_config_key,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_env_var_name,
+    is_qualified_name,
+    is_valid_label_value,
+)
 
 CONFIG_PATH_ENV = "KBRIDGE_CONFIG"
 ENV_PREFIX = "KBRIDGE__"
 REDACTED = "<redacted>"
 BASE_CONTAINER = "base"  # the container that runs the task, as in Airflow
 MIN_SIGNING_KEY_LENGTH = 32
+IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+# With the header, one 25-line terminal screen: past this, the remaining problems are only named.
+MAX_ERROR_LINES = 24
 
-_DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-# The portable rule (Kubernetes < 1.34 rejects anything wider), so a config works on every cluster version.
-_ENV_VAR_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
-_SECRET_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.:]*")
+_URL_PASSWORD_PARAMETER = re.compile(r"(?i)(^|&)(password=)[^&]*")
+
+
+class Problem(NamedTuple):
+    """One thing wrong with the configuration: what to fix (an option or section) and the whole story."""
+
+    subject: str  # e.g. "[kubernetes] namespace"
+    message: str  # one line: the subject, the bad value (redacted if secret) and what is expected
 
 
 class ConfigError(UserInputError):
-    """The configuration has problems; ``problems`` holds one line per problem, naming the option."""
+    """The configuration has problems; ``problems`` holds one line per problem, naming the option.
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    The message fits one terminal screen (:data:`MAX_ERROR_LINES` lines under its header): problems are
+    listed one per line while they fit, and past that the last lines name the options of the rest, so every
+    bad option is still mentioned.
+    """
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
         self.source = source
-        self.problems = list(problems)
-        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
-        listing = "\n".join(f"  - {problem}" for problem in self.problems)
+        self.problems = [problem.message for problem in problems]
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        listing = "\n".join(_screenful(problems))
         super().__init__(f"invalid configuration ({source}), {count}:\n{listing}")
 
 
+def _screenful(problems: Sequence[Problem]) -> list[str]:
+    lines = [f"  - {problem.message}" for problem in problems]
+    if len(lines) <= MAX_ERROR_LINES:
+        return lines
+    for shown in range(MAX_ERROR_LINES - 1, -1, -1):
+        rest = problems[shown:]
+        summary = f"  - and {len(rest)} more, about: " + ", ".join(problem.subject for problem in rest)
+        overflow = textwrap.wrap(summary, width=100, subsequent_indent="    ")
+        if shown + len(overflow) <= MAX_ERROR_LINES:
+            break
+    return lines[:shown] + overflow[:MAX_ERROR_LINES]
+
+
 class PodTemplateError(UserInputError):
-    """A pod template file or pod_override is not a usable pod; the message names the source and the fix."""
+    """A pod template file is not a usable pod; the message names where its path came from and the fix."""
 
 
 # --- value kinds ------------------------------------------------------------------------------------------
@@ -101,21 +139,18 @@ def integer(minimum: int, maximum: int, *, optional: bool = False) -> Kind:
     return Kind(description, parse)
 
 
-def choice(*allowed: str) -> Kind:
-    description = "one of " + ", ".join(allowed)
+def choice(*allowed: str, optional: bool = False) -> Kind:
+    description = "one of " + ", ".join(allowed) + (", or empty for unset" if optional else "")
 
     def parse(raw: str) -> str:
-        _expect(raw in allowed, f"expected {description} (case matters)")
+        _expect(raw in allowed or (optional and not raw), f"expected {description} (case matters)")
         return raw
 
     return Kind(description, parse)
 
 
 def _parse_dns_label(raw: str) -> str:
-    _expect(
-        len(raw) <= 63 and _DNS_1123_LABEL.fullmatch(raw) is not None,
-        "expected a DNS-1123 label: at most 63 lowercase letters, digits and '-', alphanumeric at both ends",
-    )
+    _expect(is_dns1123_label(raw), f"expected a DNS-1123 label: {DNS1123_LABEL_RULE}")
     return raw
 
 
@@ -123,8 +158,7 @@ def _parse_optional_dns_subdomain(raw: str) -> str | None:
     if not raw:
         return None
     _expect(
-        is_dns1123_subdomain(raw),
-        "expected a Kubernetes object name (lowercase DNS-1123 subdomain), or empty",
+        is_dns1123_subdomain(raw), f"expected a Kubernetes object name ({DNS1123_SUBDOMAIN_RULE}), or empty"
     )
     return raw
 
@@ -153,12 +187,15 @@ def _parse_csv(raw: str) -> list[str]:
 def _parse_secret_names(raw: str) -> list[str]:
     names = _parse_csv(raw)
     bad = [name for name in names if not is_dns1123_subdomain(name)]
-    _expect(not bad, f"expected comma-separated Secret names (lowercase DNS-1123 subdomains); bad: {bad}")
+    _expect(not bad, f"expected comma-separated Secret names ({DNS1123_SUBDOMAIN_RULE}); bad: {bad}")
     return names
 
 
 def _parse_redis_url(raw: str) -> str:
-    scheme = urlsplit(raw).scheme
+    try:
+        scheme = urlsplit(raw).scheme
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host
+        scheme = ""
     _expect(
         scheme in ("redis", "rediss", "unix"),
         "expected a redis://, rediss:// (TLS) or unix:// URL, e.g. redis://redis.example:6380/0",
@@ -175,10 +212,7 @@ def _parse_queue_name(raw: str) -> str:
 
 def _parse_key_prefix(raw: str) -> str:
     # The prefix doubles as the value of the pod label that tells bridges sharing a namespace apart.
-    _expect(
-        bool(raw) and is_valid_label_value(raw),
-        "expected 1-63 letters, digits, '-', '_' or '.', alphanumeric at both ends (it is used as a label)",
-    )
+    _expect(bool(raw) and is_valid_label_value(raw), f"expected a non-empty label value: {LABEL_VALUE_RULE}")
     return raw
 
 
@@ -196,18 +230,26 @@ def _check_keys(obj: Mapping[str, Any], allowed: Sequence[str], where: str) -> N
         _expect(key in allowed, f"unknown key {key!r} in {where}{did_you_mean(key, allowed)}")
 
 
-def json_object(allowed_keys: Sequence[str] | None = None) -> Kind:
-    description = "JSON object" + (" with keys among " + ", ".join(allowed_keys) if allowed_keys else "")
+def _parse_json_object(raw: str) -> dict[str, Any]:
+    value = _json(raw, {})
+    _expect(isinstance(value, dict), f"expected a JSON object, got JSON {type(value).__name__}")
+    return dict(value)
 
-    def parse(raw: str) -> dict[str, Any]:
-        value = _json(raw, {})
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a {description}, got JSON {type(value).__name__}")
-        if allowed_keys:
-            _check_keys(value, allowed_keys, "the object")
-        return {str(key): item for key, item in value.items()}
 
-    return Kind(description, parse)
+def _parse_request_args(raw: str) -> dict[str, Any]:
+    """Keyword arguments for every API call. A ``_request_timeout`` list becomes a tuple, as in Airflow:
+    the client reads a 2-tuple as (connect, read) timeouts but silently ignores a list."""
+    value = _parse_json_object(raw)
+    if "_request_timeout" in value:
+        timeout = value["_request_timeout"]
+        seconds = timeout if isinstance(timeout, list) else [timeout]
+        _expect(
+            len(seconds) == (2 if isinstance(timeout, list) else 1)
+            and all(isinstance(s, int | float) and not isinstance(s, bool) and s > 0 for s in seconds),
+            f"expected _request_timeout to be seconds > 0 or [connect, read] seconds, got {timeout!r}",
+        )
+        value["_request_timeout"] = tuple(timeout) if isinstance(timeout, list) else timeout
+    return value
 
 
 def _delete_option_keys() -> list[str]:
@@ -217,21 +259,31 @@ def _delete_option_keys() -> list[str]:
 
 
 def _parse_delete_options(raw: str) -> dict[str, Any]:
-    value: dict[str, Any] = json_object().parse(raw)
+    value = _parse_json_object(raw)
     if value:
         _check_keys(value, _delete_option_keys(), "V1DeleteOptions arguments (snake_case)")
     return value
 
 
+AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
 TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 
 
-def _parse_tolerations(raw: str) -> list[dict[str, Any]]:
-    value = _json(raw, [])
-    _expect(
-        isinstance(value, list),
-        f"expected a JSON list of toleration objects, got JSON {type(value).__name__}",
-    )
+def check_affinity(value: object) -> dict[str, Any]:
+    """``value`` if it is a pod affinity in API JSON, else ValueError saying what is expected.
+
+    Shared by ``[kubernetes] affinity`` and a task's executor_config, so both follow one rule.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got JSON {type(value).__name__}")
+    _check_keys(value, AFFINITY_KEYS, "the affinity")
+    return value
+
+
+def check_tolerations(value: object) -> list[dict[str, Any]]:
+    """``value`` if it is a list of pod tolerations in API JSON, else ValueError saying what is expected."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a JSON list of toleration objects, got JSON {type(value).__name__}")
     for index, toleration in enumerate(value):
         where = f"toleration #{index}"
         _expect(isinstance(toleration, dict), f"expected {where} to be a JSON object, got {toleration!r}")
@@ -244,7 +296,7 @@ def _parse_tolerations(raw: str) -> list[dict[str, Any]]:
             toleration.get("effect", "") in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"),
             f"expected {where} effect NoSchedule, PreferNoSchedule or NoExecute",
         )
-    return list(value)
+    return value
 
 
 TEXT = Kind("string", _parse_text)
@@ -257,13 +309,27 @@ SECRET_NAMES = Kind("comma-separated Secret names", _parse_secret_names)
 REDIS_URL = Kind("redis://, rediss:// or unix:// URL", _parse_redis_url)
 QUEUE_NAME = Kind("name", _parse_queue_name)
 KEY_PREFIX = Kind("label value (1-63 chars)", _parse_key_prefix)
-AFFINITY = json_object(("nodeAffinity", "podAffinity", "podAntiAffinity"))
-TOLERATIONS = Kind("JSON list of toleration objects", _parse_tolerations)
+AFFINITY = Kind(
+    "JSON object with keys among " + ", ".join(AFFINITY_KEYS), lambda raw: check_affinity(_json(raw, {}))
+)
+TOLERATIONS = Kind("JSON list of toleration objects", lambda raw: check_tolerations(_json(raw, [])))
 DELETE_OPTIONS = Kind("JSON object of V1DeleteOptions arguments", _parse_delete_options)
+REQUEST_ARGS = Kind("JSON object of API call arguments", _parse_request_args)
 UID = integer(0, 2**31 - 1, optional=True)
+PULL_POLICY = choice(*IMAGE_PULL_POLICIES, optional=True)
 
 
 # --- the table -------------------------------------------------------------------------------------------
+
+
+# Who reads an option. The dispatcher and watcher arrive with the pipeline; until then their options are
+# checked and documented, so a configuration written today keeps working.
+POD_BUILDER = "pod builder"
+DISPATCHER = "dispatcher"
+WATCHER = "watcher"
+EXECUTOR = "executor"
+KUBE_CLIENT = (DISPATCHER, WATCHER)  # the options that configure the Kubernetes API client
+EVERY_PROCESS = (EXECUTOR, DISPATCHER, WATCHER)
 
 
 @dataclass(frozen=True)
@@ -275,11 +341,14 @@ class Option:
     kind: Kind
     default: str
     help: str
+    read_by: tuple[str, ...]
     secret: bool = False
 
-    @property
-    def env_var(self) -> str:
-        return f"{ENV_PREFIX}{self.section.upper()}__{self.key.upper()}"
+    def shown(self, text: str) -> str:
+        """``text`` as it may be printed or logged: a secret is redacted, a URL loses its password."""
+        if self.secret:
+            return REDACTED if text else ""
+        return redact_url(text) if self.kind is REDIS_URL else text
 
 
 CORE, KUBERNETES, BRIDGE = "core", "kubernetes", "bridge"
@@ -289,69 +358,93 @@ FATAL_PENDING_REASONS = (
 
 OPTIONS: tuple[Option, ...] = (
     Option(CORE, "log_level", choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
-           "Log level of the bridge's own processes (executor, dispatchers, watcher)."),
+           "Log level of the bridge's own processes (executor, dispatchers, watcher).", EVERY_PROCESS),
     Option(KUBERNETES, "namespace", DNS_LABEL, "default",
-           "Namespace the worker pods are created in and watched in."),
+           "Namespace the worker pods are created in and watched in.", (POD_BUILDER, *KUBE_CLIENT)),
     Option(KUBERNETES, "worker_container_repository", TEXT, "",
-           "Worker image repository; with worker_container_tag it overrides the template's image."),
+           "Worker image repository; with worker_container_tag it overrides the template's image.",
+           (POD_BUILDER,)),
     Option(KUBERNETES, "worker_container_tag", TEXT, "",
-           "Image tag of the worker container; set together with worker_container_repository."),
-    Option(KUBERNETES, "worker_container_image_pull_policy", choice("Always", "IfNotPresent", "Never"),
-           "IfNotPresent", "imagePullPolicy of the worker container."),
+           "Image tag of the worker container; set together with worker_container_repository.",
+           (POD_BUILDER,)),
+    Option(KUBERNETES, "worker_container_image_pull_policy", PULL_POLICY, "",
+           "imagePullPolicy of the worker container; empty keeps the template's, else Kubernetes' default.",
+           (POD_BUILDER,)),
     Option(KUBERNETES, "pod_template_file", FILE_PATH, "",
-           "YAML pod used as the base of every worker pod (a task's executor_config may name its own)."),
+           "YAML pod used as the base of every worker pod (a task's executor_config may name its own).",
+           (POD_BUILDER,)),
     Option(KUBERNETES, "worker_service_account_name", OBJECT_NAME, "",
-           "Service account of the worker pods; empty keeps the namespace default."),
+           "Service account of the worker pods; empty keeps the namespace default.", (POD_BUILDER,)),
     Option(KUBERNETES, "image_pull_secrets", SECRET_NAMES, "",
-           "Secrets used to pull the worker image, comma-separated."),
-    Option(KUBERNETES, "run_as_user", UID, "", "Pod securityContext.runAsUser; empty leaves it unset."),
-    Option(KUBERNETES, "run_as_group", UID, "", "Pod securityContext.runAsGroup; empty leaves it unset."),
-    Option(KUBERNETES, "fs_group", UID, "", "Pod securityContext.fsGroup; empty leaves it unset."),
-    Option(KUBERNETES, "affinity", AFFINITY, "{}", "Pod affinity (API JSON, camelCase)."),
+           "Secrets used to pull the worker image, comma-separated.", (POD_BUILDER,)),
+    Option(KUBERNETES, "run_as_user", UID, "", "Pod securityContext.runAsUser; empty leaves it unset.",
+           (POD_BUILDER,)),
+    Option(KUBERNETES, "run_as_group", UID, "", "Pod securityContext.runAsGroup; empty leaves it unset.",
+           (POD_BUILDER,)),
+    Option(KUBERNETES, "fs_group", UID, "", "Pod securityContext.fsGroup; empty leaves it unset.",
+           (POD_BUILDER,)),
+    Option(KUBERNETES, "affinity", AFFINITY, "{}", "Pod affinity (API JSON, camelCase).", (POD_BUILDER,)),
     Option(KUBERNETES, "tolerations", TOLERATIONS, "[]",
-           "Pod tolerations (API JSON list, camelCase)."),
+           "Pod tolerations (API JSON list, camelCase).", (POD_BUILDER,)),
     Option(KUBERNETES, "delete_worker_pods", BOOLEAN, "True",
-           "Delete a worker pod once its outcome is recorded; if False it is kept for inspection."),
+           "Delete a worker pod once its outcome is recorded; if False it is kept for inspection.",
+           (WATCHER,)),
     Option(KUBERNETES, "delete_worker_pods_on_failure", BOOLEAN, "False",
-           "With delete_worker_pods, also delete pods of failed tasks (False keeps them for debugging)."),
+           "With delete_worker_pods, also delete pods of failed tasks (False keeps them for debugging).",
+           (WATCHER,)),
     Option(KUBERNETES, "worker_pods_pending_timeout", integer(0, 7 * 24 * 3600), "300",
-           "Seconds a pod may stay Pending before its task is failed; 0 waits forever."),
+           "Seconds a pod may stay Pending before its task is failed; 0 waits forever.", (WATCHER,)),
     Option(KUBERNETES, "worker_pod_pending_fatal_container_state_reasons", CSV, FATAL_PENDING_REASONS,
-           "Container waiting reasons that fail a Pending pod at once instead of waiting for the timeout."),
+           "Container waiting reasons that fail a Pending pod at once instead of waiting for the timeout.",
+           (WATCHER,)),
     Option(KUBERNETES, "task_publish_max_retries", integer(0, 100), "3",
-           "Retries of a pod create that hit a retryable API error (409, 429, 5xx) before failing the task."),
+           "Retries of a pod create that hit a retryable API error (409, 429, 5xx) before failing the task.",
+           (DISPATCHER,)),
     Option(KUBERNETES, "in_cluster", BOOLEAN, "True",
-           "Use the pod's service account to reach the API; False uses config_file and cluster_context."),
-    Option(KUBERNETES, "cluster_context", TEXT, "", "kubeconfig context to use when in_cluster is False."),
-    Option(KUBERNETES, "config_file", FILE_PATH, "", "kubeconfig file to use when in_cluster is False."),
-    Option(KUBERNETES, "verify_ssl", BOOLEAN, "True", "Verify the API server's TLS certificate."),
-    Option(KUBERNETES, "ssl_ca_cert", FILE_PATH, "", "CA bundle for the API server's certificate."),
-    Option(KUBERNETES, "kube_client_request_args", json_object(), "{}",
-           'Extra keyword arguments for every API call, e.g. {"_request_timeout": [5, 60]}.'),
+           "Use the pod's service account to reach the API; False uses config_file and cluster_context.",
+           KUBE_CLIENT),
+    Option(KUBERNETES, "cluster_context", TEXT, "", "kubeconfig context to use when in_cluster is False.",
+           KUBE_CLIENT),
+    Option(KUBERNETES, "config_file", FILE_PATH, "", "kubeconfig file to use when in_cluster is False.",
+           KUBE_CLIENT),
+    Option(KUBERNETES, "verify_ssl", BOOLEAN, "True", "Verify the API server's TLS certificate.",
+           KUBE_CLIENT),
+    Option(KUBERNETES, "ssl_ca_cert", FILE_PATH, "", "CA bundle for the API server's certificate.",
+           KUBE_CLIENT),
+    Option(KUBERNETES, "kube_client_request_args", REQUEST_ARGS, "{}",
+           'Extra keyword arguments for every API call, e.g. {"_request_timeout": [5, 60]}.', KUBE_CLIENT),
     Option(KUBERNETES, "delete_option_kwargs", DELETE_OPTIONS, "{}",
-           'V1DeleteOptions arguments for pod deletion, e.g. {"grace_period_seconds": 10}.'),
+           'V1DeleteOptions arguments for pod deletion, e.g. {"grace_period_seconds": 10}.', (WATCHER,)),
     Option(KUBERNETES, "request_timeout_seconds", integer(1, 3600), "30",
-           "Client socket timeout of each API call and watch read, so a dropped connection is noticed."),
+           "Client socket timeout of each API call and watch read, so a dropped connection is noticed.",
+           KUBE_CLIENT),
     Option(KUBERNETES, "watch_timeout_seconds", integer(1, 86400), "3600",
-           "Server-side lifetime of one pod watch; the watcher then resumes from the last resourceVersion."),
+           "Server-side lifetime of one pod watch; the watcher then resumes from the last resourceVersion.",
+           (WATCHER,)),
     Option(KUBERNETES, "enable_tcp_keepalive", BOOLEAN, "True",
-           "TCP keepalive on API connections, so idle watches survive load balancers and firewalls."),
+           "TCP keepalive on API connections, so idle watches survive load balancers and firewalls.",
+           KUBE_CLIENT),
     Option(KUBERNETES, "tcp_keep_idle", integer(1, 32767), "120",
-           "Idle seconds before the first keepalive probe."),
-    Option(KUBERNETES, "tcp_keep_intvl", integer(1, 32767), "30", "Seconds between keepalive probes."),
+           "Idle seconds before the first keepalive probe.", KUBE_CLIENT),
+    Option(KUBERNETES, "tcp_keep_intvl", integer(1, 32767), "30", "Seconds between keepalive probes.",
+           KUBE_CLIENT),
     Option(KUBERNETES, "tcp_keep_cnt", integer(1, 127), "6",
-           "Unanswered probes before the connection is dropped."),
+           "Unanswered probes before the connection is dropped.", KUBE_CLIENT),
     Option(BRIDGE, "redis_url", REDIS_URL, "redis://localhost:6379/0",
-           "Redis holding the queue and the result stream; a password in it is redacted in output."),
-    Option(BRIDGE, "queue_name", QUEUE_NAME, "kbridge", "rq queue the executor enqueues pod launches on."),
+           "Redis holding the queue and the result stream; a password in it is redacted in output.",
+           EVERY_PROCESS),
+    Option(BRIDGE, "queue_name", QUEUE_NAME, "kbridge", "rq queue the executor enqueues pod launches on.",
+           (EXECUTOR, DISPATCHER)),
     Option(BRIDGE, "key_prefix", KEY_PREFIX, "kbridge",
-           "Prefix of the Redis keys and value of the pod label kbridge/instance; unique per bridge."),
+           "Prefix of the Redis keys and value of the pod label kbridge/instance; unique per bridge.",
+           (POD_BUILDER, *EVERY_PROCESS)),
     Option(BRIDGE, "result_stream", TEXT, "",
-           "Redis stream of pod outcomes; empty means <key_prefix>:results."),
+           "Redis stream of pod outcomes; empty means <key_prefix>:results.", (EXECUTOR, WATCHER)),
     Option(BRIDGE, "signing_key", TEXT, "",
            "Secret that signs queued messages; prefer signing_key_file or $KBRIDGE__BRIDGE__SIGNING_KEY.",
-           secret=True),
-    Option(BRIDGE, "signing_key_file", FILE_PATH, "", "File whose content (stripped) is the signing key."),
+           (EXECUTOR, DISPATCHER), secret=True),
+    Option(BRIDGE, "signing_key_file", FILE_PATH, "", "File whose content (stripped) is the signing key.",
+           (EXECUTOR, DISPATCHER)),
 )  # fmt: skip
 
 
@@ -375,20 +468,18 @@ class FreeFormSection:
 
 
 def _label_entry(key: str, value: str) -> str:
-    _expect(is_qualified_name(key), "expected the key to be a label key such as team or example.com/team")
-    _expect(
-        is_valid_label_value(value), "expected a label value: at most 63 letters, digits, '-', '_' or '.'"
-    )
+    _expect(is_qualified_name(key), f"expected a label key {QUALIFIED_NAME_RULE}")
+    _expect(is_valid_label_value(value), f"expected a label value: {LABEL_VALUE_RULE}")
     return value
 
 
 def _annotation_entry(key: str, value: str) -> str:
-    _expect(is_qualified_name(key), "expected the key to be an annotation key such as example.com/owner")
+    _expect(is_qualified_name(key), f"expected an annotation key {QUALIFIED_NAME_RULE}")
     return value
 
 
 def _env_entry(key: str, value: str) -> str:
-    _expect(_ENV_VAR_NAME.fullmatch(key) is not None, "expected the key to be an environment variable name")
+    _expect(is_env_var_name(key), f"expected an environment variable name: {ENV_VAR_NAME_RULE}")
     return value
 
 
@@ -396,11 +487,9 @@ def _secret_entry(key: str, value: str) -> SecretRef:
     _env_entry(key, value)
     secret_name, separator, data_key = value.partition("=")
     _expect(
-        bool(separator)
-        and is_dns1123_subdomain(secret_name)
-        and _SECRET_DATA_KEY.fullmatch(data_key) is not None,
-        "expected secret_name=key, e.g. airflow-secrets=sql_alchemy_conn "
-        "(a lowercase Secret name, then a key of letters, digits, '-', '_' or '.')",
+        bool(separator) and is_dns1123_subdomain(secret_name) and is_config_key(data_key),
+        f"expected secret_name=key like airflow-db=sql_alchemy_conn: a lowercase Secret name, '=', "
+        f"a key of {CONFIG_KEY_RULE}",
     )
     return SecretRef(secret_name, data_key)
 
@@ -428,7 +517,9 @@ FREE_FORM_SECTIONS: tuple[FreeFormSection, ...] = (
     ),
 )  # fmt: skip
 
-SECTIONS = (CORE, KUBERNETES, BRIDGE, *(section.name for section in FREE_FORM_SECTIONS))
+_FIXED_SECTIONS = (CORE, KUBERNETES, BRIDGE)
+SECTIONS = (*_FIXED_SECTIONS, *(section.name for section in FREE_FORM_SECTIONS))
+_OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 
 
 # --- messages -------------------------------------------------------------------------------------------
@@ -446,19 +537,20 @@ def _shorten(value: str) -> str:
 # --- pod template files ---------------------------------------------------------------------------------
 
 
-def check_pod_shape(obj: object, source: str) -> dict[str, Any]:
+def check_pod_shape(
+    obj: object, source: str, error: type[UserInputError] = PodTemplateError
+) -> dict[str, Any]:
     """Return ``obj`` if it looks like an API-JSON pod (camelCase, as ``kubectl get pod -o yaml`` shows).
 
-    Empty YAML keys (``labels:`` with nothing after it) load as None; they are dropped here, so that the
-    pod builder only ever sees mappings and lists where the API expects them.
+    Raises ``error`` naming ``source`` otherwise. Empty YAML keys (``labels:`` with nothing after it) load
+    as None; they are dropped here, so that the pod builder only ever sees mappings and lists where the API
+    expects them.
     """
     fix = "expected a Pod in API form: kind: Pod, metadata: {...}, spec: {containers: [{name: base, ...}]}"
     if not isinstance(obj, dict):
-        raise PodTemplateError(f"{source} is a {type(obj).__name__}, not a pod; {fix}")
-    if obj.get("kind", "Pod") != "Pod" or obj.get("apiVersion", "v1") != "v1":
-        raise PodTemplateError(
-            f"{source} has kind {obj.get('kind')!r}, apiVersion {obj.get('apiVersion')!r}; {fix}"
-        )
+        raise error(f"{source} is a {type(obj).__name__}, not a pod; {fix}")
+    if (obj.get("kind") or "Pod") != "Pod" or (obj.get("apiVersion") or "v1") != "v1":
+        raise error(f"{source} has kind {obj.get('kind')!r}, apiVersion {obj.get('apiVersion')!r}; {fix}")
     shapes = (
         (obj, "metadata", dict, "a mapping"),
         (obj, "spec", dict, "a mapping"),
@@ -472,12 +564,10 @@ def check_pod_shape(obj: object, source: str) -> dict[str, Any]:
         if parent.get(field) is None:
             parent.pop(field, None)
         elif not isinstance(parent[field], kind):
-            raise PodTemplateError(
-                f"{source} field {field!r} must be {expected}, got {parent[field]!r}; {fix}"
-            )
+            raise error(f"{source} field {field!r} must be {expected}, got {parent[field]!r}; {fix}")
     containers = obj.get("spec", {}).get("containers", [])
     if not all(isinstance(container, dict) for container in containers):
-        raise PodTemplateError(f"{source} field 'containers' must be a list of mappings; {fix}")
+        raise error(f"{source} field 'containers' must be a list of mappings; {fix}")
     return obj
 
 
@@ -513,20 +603,34 @@ _SOURCE_DEFAULTS = "built-in defaults"
 
 
 class _RawSettings:
-    """The text of every option, layered defaults -> file -> environment, plus where each value came from."""
+    """The text of every option, layered defaults -> file -> environment, plus where each value came from.
 
-    def __init__(self) -> None:
+    ``source`` is what the error header names (the file, usually); other origins (environment variables)
+    are named on the lines of the problems they cause.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
         self.values: dict[str, dict[str, str]] = {section: {} for section in SECTIONS}
         self.origins: dict[tuple[str, str], str] = {}
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         for option in OPTIONS:
             self.values[option.section][option.key] = option.default
+
+    def subject(self, section: str, key: str | None = None, origin: str | None = None) -> str:
+        """How a problem names its option: ``[section] key``, plus its origin if not the header's."""
+        origin = origin or self.origins.get((section, key or ""))
+        named = f"[{section}]" + (f" {key}" if key is not None else "")
+        return named + (f" (from {origin})" if origin and origin != self.source else "")
+
+    def problem(self, subject: str, detail: str) -> None:
+        self.problems.append(Problem(subject, f"{subject}: {detail}"))
 
     def known_section(self, section: str, origin: str) -> bool:
         if section.lower() in self.values:
             return True
         suggestion = did_you_mean(section.lower(), SECTIONS)
-        self.problems.append(f"unknown section [{section}] in {origin}{suggestion}")
+        self.problem(self.subject(section, origin=origin), f"unknown section{suggestion}")
         return False
 
     def set(self, section: str, key: str, value: str, origin: str) -> None:
@@ -534,11 +638,11 @@ class _RawSettings:
         if not self.known_section(section, origin):
             return
         section = section.lower()
-        if section in (CORE, KUBERNETES, BRIDGE):
+        if section in _FIXED_SECTIONS:
             known = [option.key for option in OPTIONS if option.section == section]
             if key.lower() not in known:
                 suggestion = did_you_mean(key.lower(), known)
-                self.problems.append(f"unknown option [{section}] {key} in {origin}{suggestion}")
+                self.problem(self.subject(section, key, origin), f"unknown option{suggestion}")
                 return
             key = key.lower()
         self.values[section][key] = value
@@ -549,19 +653,28 @@ class _RawSettings:
         # case-sensitive. A never-used default_section stops [DEFAULT] from leaking into every section.
         parser = configparser.ConfigParser(interpolation=None, default_section="\0no default section")
         parser.optionxform = str  # type: ignore[assignment,method-assign]
+        where = str(path)
         try:
             with path.open(encoding="utf-8") as handle:
                 parser.read_file(handle)
         except (OSError, UnicodeDecodeError) as exc:
-            self.problems.append(f"{path} cannot be read ({exc}); it must be a readable UTF-8 INI file")
+            self.problem(where, f"cannot be read ({exc}); it must be a readable UTF-8 INI file")
             return
-        except configparser.Error as exc:
-            self.problems.append(f"{path} is not a valid INI file: {exc.message}".replace("\n", " "))
+        # The parser's own messages quote the offending line, which may hold a secret: give line numbers.
+        except configparser.MissingSectionHeaderError as exc:
+            self.problem(where, f"line {exc.lineno}: expected a [section] header before the first option")
+            return
+        except configparser.ParsingError as exc:
+            numbers = ", ".join(str(number) for number, _ in exc.errors)
+            self.problem(where, f"line {numbers}: expected 'key = value', a [section] header or a # comment")
+            return
+        except configparser.Error as exc:  # a duplicate section or option: names, never values
+            self.problem(where, f"is not a valid INI file: {exc.message}".replace("\n", " "))
             return
         for section in parser.sections():
-            if self.known_section(section, str(path)):
+            if self.known_section(section, where):
                 for key, value in parser.items(section):
-                    self.set(section, key, value.strip(), str(path))
+                    self.set(section, key, value.strip(), where)
 
     def read_environment(self, environ: Mapping[str, str]) -> None:
         for name, value in sorted(environ.items()):
@@ -569,13 +682,9 @@ class _RawSettings:
                 continue
             section, separator, key = name[len(ENV_PREFIX) :].partition("__")
             if not separator or not key:
-                self.problems.append(f"${name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+                self.problem(f"${name}", f"expected {ENV_PREFIX}<SECTION>__<KEY>")
                 continue
             self.set(section, key, value.strip(), f"${name}")
-
-    def describe(self, section: str, key: str) -> str:
-        origin = self.origins.get((section, key))
-        return f"[{section}] {key}" + (f" (from {origin})" if origin else "")
 
 
 def load_config(
@@ -586,24 +695,20 @@ def load_config(
     Raises :class:`ConfigError` listing every problem (missing file, unknown sections or keys, bad values).
     """
     environ = os.environ if environ is None else environ
+    given_by = "the config path"
     if path is None and environ.get(CONFIG_PATH_ENV):
-        path, source = environ[CONFIG_PATH_ENV], f"${CONFIG_PATH_ENV}"
-    else:
-        source = "the config path"
-    raw = _RawSettings()
+        path, given_by = environ[CONFIG_PATH_ENV], f"${CONFIG_PATH_ENV}"
+    raw = _RawSettings(_SOURCE_DEFAULTS if path is None else os.fspath(path))
     if path is not None:
         file_path = existing_file(path)
         if file_path is None:
-            raise ConfigError(
-                os.fspath(path),
-                [
-                    f"{source} {os.fspath(path)!r} is not an existing file; "
-                    "fix the path, or unset it to use the defaults"
-                ],
+            detail = (
+                f"{os.fspath(path)!r} is not an existing file; fix the path, or unset it to use the defaults"
             )
+            raise ConfigError(raw.source, [Problem(given_by, f"{given_by} {detail}")])
         raw.read_file(file_path)
     raw.read_environment(environ)
-    return KubeConfig._from_raw(raw, _SOURCE_DEFAULTS if path is None else os.fspath(path))
+    return KubeConfig._from_raw(raw)
 
 
 # --- the parsed configuration --------------------------------------------------------------------------
@@ -672,39 +777,46 @@ class KubeConfig:
 
         Handy in tests and embedding code; :func:`load_config` is the usual way in (file + environment).
         """
-        raw = _RawSettings()
+        raw = _RawSettings(source)
         for section, entries in (settings or {}).items():
             for key, text in entries.items():
-                raw.set(section, key, text, source)
-        self._load(raw, source)
+                if isinstance(text, str):
+                    raw.set(section, key, text, source)
+                else:  # as in a file, every value is text: 50000 must be given as "50000"
+                    raw.problem(
+                        raw.subject(section, key), f"expected text, got {text!r}; quote it: {str(text)!r}"
+                    )
+        self._load(raw)
 
     @classmethod
-    def _from_raw(cls, raw: _RawSettings, source: str) -> KubeConfig:
+    def _from_raw(cls, raw: _RawSettings) -> KubeConfig:
         config = cls.__new__(cls)
-        config._load(raw, source)
+        config._load(raw)
         return config
 
-    def _load(self, raw: _RawSettings, source: str) -> None:
+    def _load(self, raw: _RawSettings) -> None:
         self._raw = raw
-        self.source = source
-        self._problems = list(raw.problems)
+        self.source = raw.source
+        self._parse_problems = list(raw.problems)
         for option in OPTIONS:
             setattr(self, option.key, self._parse(option))
         for free_form in FREE_FORM_SECTIONS:
             setattr(self, free_form.name, self._parse_free_form(free_form))
+        self._derive()
         self._validate()
-        if self._problems:
-            raise ConfigError(source, self._problems)
 
-    def _problem(self, section: str, key: str, value: str, expected: str) -> None:
-        self._problems.append(f"{self._raw.describe(section, key)} = {_shorten(value)}: {expected}")
+    def _problem(self, section: str, key: str, text: str, expected: str) -> Problem:
+        option = _OPTIONS_BY_KEY.get(key) if section in _FIXED_SECTIONS else None
+        shown = option.shown(text) if option is not None else text
+        subject = self._raw.subject(section, key)
+        return Problem(subject, f"{subject} = {_shorten(shown)}: {expected}")
 
     def _parse(self, option: Option) -> Any:
         text = self._raw.values[option.section][option.key]
         try:
             return option.kind.parse(text)
         except ValueError as exc:
-            self._problem(option.section, option.key, REDACTED if option.secret else text, str(exc))
+            self._parse_problems.append(self._problem(option.section, option.key, text, str(exc)))
             return option.kind.parse(option.default)  # keep going, so every problem is reported at once
 
     def _parse_free_form(self, free_form: FreeFormSection) -> dict[str, Any]:
@@ -713,8 +825,70 @@ class KubeConfig:
             try:
                 parsed[key] = free_form.parse(key, text)
             except ValueError as exc:
-                self._problem(free_form.name, key, text, str(exc))
+                self._parse_problems.append(self._problem(free_form.name, key, text, str(exc)))
         return parsed
+
+    def _derive(self) -> None:
+        """Values computed from options: the pod template's content, the result stream, the signing key."""
+        self.pod_template = None
+        if self.pod_template_file is not None:
+            try:
+                self.pod_template = load_pod_template(
+                    self.pod_template_file, "[kubernetes] pod_template_file"
+                )
+            except PodTemplateError as exc:
+                self._parse_problems.append(
+                    Problem(self._raw.subject(KUBERNETES, "pod_template_file"), str(exc))
+                )
+        self.result_stream = self.result_stream or f"{self.key_prefix}:results"
+        if not self.signing_key and self.signing_key_file is not None:
+            self.signing_key = self._read_signing_key(self.signing_key_file)
+        self.signing_key = self.signing_key or None
+
+    def _read_signing_key(self, path: Path) -> str | None:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = self._problem(BRIDGE, "signing_key_file", str(path), f"cannot be read ({exc})")
+            self._parse_problems.append(problem)
+            return None
+        if not key:
+            self._parse_problems.append(
+                self._problem(BRIDGE, "signing_key_file", str(path), "the file is empty")
+            )
+        return key or None
+
+    def _validate(self) -> None:
+        """Raise :class:`ConfigError` listing every problem: bad values first, then cross-option checks.
+
+        It only checks, so calling it again (as Airflow's ``KubeConfig`` allows) changes nothing.
+        """
+        problems = [*self._parse_problems, *self._cross_option_problems()]
+        if problems:
+            raise ConfigError(self.source, problems)
+
+    def _cross_option_problems(self) -> Iterator[Problem]:
+        # No image at all is fine: a task's executor_config may bring one, and the pod builder fails just
+        # that task, naming the options to set, when no image resolves.
+        repository, tag = self.worker_container_repository, self.worker_container_tag
+        if bool(repository) != bool(tag):
+            expected = "set worker_container_repository and worker_container_tag together (or neither)"
+            yield self._problem(KUBERNETES, "worker_container_tag", tag, expected)
+        if self.in_cluster:
+            for key in ("config_file", "cluster_context"):
+                if getattr(self, key):
+                    expected = (
+                        "ignored while in_cluster = True; set in_cluster = False to use it, or clear it"
+                    )
+                    yield self._problem(KUBERNETES, key, self._raw.values[KUBERNETES][key], expected)
+        key_text = self._raw.values[BRIDGE]["signing_key"]
+        if key_text and self.signing_key_file is not None:
+            yield self._problem(
+                BRIDGE, "signing_key_file", str(self.signing_key_file), "signing_key is set too; keep one"
+            )
+        if self.signing_key is not None and len(self.signing_key) < MIN_SIGNING_KEY_LENGTH:
+            expected = f"expected at least {MIN_SIGNING_KEY_LENGTH} characters, e.g. `openssl rand -hex 32`"
+            yield self._problem(BRIDGE, "signing_key" if key_text else "signing_key_file", REDACTED, expected)
 
     def _get_security_context_val(self, scontext: str) -> int | None:
         """The configured value of a pod security-context option: run_as_user, run_as_group or fs_group."""
@@ -734,69 +908,18 @@ class KubeConfig:
         values = {api: self._get_security_context_val(option) for api, option in fields.items()}
         return {api: value for api, value in values.items() if value is not None}
 
-    def _validate(self) -> None:
-        """Checks that involve several options or files; each failure is added to the problem list."""
-        self._validate_image()
-        if self.in_cluster:
-            for key in ("config_file", "cluster_context"):
-                if getattr(self, key):
-                    expected = (
-                        "ignored while in_cluster = True; set in_cluster = False to use it, or clear it"
-                    )
-                    self._problem(KUBERNETES, key, self._raw.values[KUBERNETES][key], expected)
-        self._resolve_bridge_settings()
-
-    def _validate_image(self) -> None:
-        self.pod_template = None
-        if self.pod_template_file is not None:
-            try:
-                self.pod_template = load_pod_template(
-                    self.pod_template_file, "[kubernetes] pod_template_file"
-                )
-            except PodTemplateError as exc:
-                self._problems.append(str(exc))
-        repository, tag = self.worker_container_repository, self.worker_container_tag
-        if bool(repository) != bool(tag):
-            expected = "set worker_container_repository and worker_container_tag together (or neither)"
-            self._problem(KUBERNETES, "worker_container_tag", tag, expected)
-        # No image at all is not an error here: a task's executor_config may bring one. The pod builder
-        # fails just that task, naming the options to set, when no image resolves.
-
-    def _resolve_bridge_settings(self) -> None:
-        if not self.result_stream:
-            self.result_stream = f"{self.key_prefix}:results"
-        key = self.signing_key or None
-        if key is not None and self.signing_key_file is not None:
-            self._problem(
-                BRIDGE, "signing_key_file", str(self.signing_key_file), "signing_key is set too; keep one"
-            )
-        elif self.signing_key_file is not None:
-            key = self._read_signing_key(self.signing_key_file)
-        if key is not None and len(key) < MIN_SIGNING_KEY_LENGTH:
-            expected = f"expected at least {MIN_SIGNING_KEY_LENGTH} characters, e.g. `openssl rand -hex 32`"
-            self._problem(BRIDGE, "signing_key", REDACTED, expected)
-        self.signing_key = key
-
-    def _read_signing_key(self, path: Path) -> str | None:
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            self._problem(BRIDGE, "signing_key_file", str(path), f"cannot be read ({exc})")
-            return None
-        if not key:
-            self._problem(BRIDGE, "signing_key_file", str(path), "the file is empty")
-        return key or None
-
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """The effective settings as JSON-ready values, with secrets redacted, for ``kbridge config``."""
         settings: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         for option in OPTIONS:
             value = getattr(self, option.key)
-            if option.secret:
-                value = REDACTED if value else ""
-            elif option.kind is REDIS_URL:
-                value = redact_url(value)
-            settings[option.section][option.key] = str(value) if isinstance(value, Path) else value
+            if isinstance(value, Path):
+                value = str(value)
+            elif option.secret:
+                value = option.shown(value or "")
+            elif isinstance(value, str):
+                value = option.shown(value)
+            settings[option.section][option.key] = value
         for free_form in FREE_FORM_SECTIONS:
             entries = getattr(self, free_form.name).items()
             settings[free_form.name] = {
@@ -807,13 +930,17 @@ class KubeConfig:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, so it can be printed or logged."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+    """The URL with any password (``user:password@`` or ``?password=``) replaced, so it can be printed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host: too broken to tell the password apart
+        return REDACTED
+    # Edit the text rather than re-joining the parts, which would turn "unix:///path" into "unix:/path".
+    address, mark, query = url.partition("?")
+    if parts.password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        address = address.replace(parts.netloc, f"{userinfo.partition(':')[0]}:{REDACTED}@{host}", 1)
+    return address + mark + _URL_PASSWORD_PARAMETER.sub(rf"\1\2{REDACTED}", query)
 
 
 # --- rendering: the shipped file and the docs -----------------------------------------------------------
@@ -830,11 +957,12 @@ def render_default_file() -> str:
         "# kube-redis-bridge configuration: the defaults, as printed by `kbridge config --print-defaults`.",
         f"# Any option can be overridden by an environment variable {ENV_PREFIX}<SECTION>__<KEY>.",
     ]
-    for section in (CORE, KUBERNETES, BRIDGE):
+    for section in _FIXED_SECTIONS:
         lines += ["", f"[{section}]"]
         for option in (option for option in OPTIONS if option.section == section):
             assignment = f"{option.key} = {option.default}".rstrip()
-            lines += ["", *_comment(option.help), f"# Type: {option.kind.description}.", assignment]
+            kind_line = f"# Type: {option.kind.description}. Read by: {', '.join(option.read_by)}."
+            lines += ["", *_comment(option.help), kind_line, assignment]
     for free_form in FREE_FORM_SECTIONS:
         entry = f"<{free_form.key_rule}> = <{free_form.value_rule}>"
         lines += ["", f"[{free_form.name}]", *_comment(free_form.help), f"# Entries: {entry}, e.g."]
@@ -857,17 +985,23 @@ def render_reference_markdown() -> str:
         "Paths may start with `~`. Unknown sections or options are errors, so a typo cannot go unnoticed."
     )
     lines = textwrap.wrap(intro, width=100)
-    for section in (CORE, KUBERNETES, BRIDGE):
+    for section in _FIXED_SECTIONS:
         lines += [
             "",
             f"#### `[{section}]`",
             "",
-            "| Option | Type | Default | Description |",
-            "|---|---|---|---|",
+            "| Option | Type | Default | Read by | Description |",
+            "|---|---|---|---|---|",
         ]
         for option in (option for option in OPTIONS if option.section == section):
             default = f"`{option.default}`" if option.default else "(empty)"
-            cells = (f"`{option.key}`", option.kind.description, default, option.help)
+            cells = (
+                f"`{option.key}`",
+                option.kind.description,
+                default,
+                ", ".join(option.read_by),
+                option.help,
+            )
             lines.append("| " + " | ".join(map(_cell, cells)) + " |")
     lines += [
         "",

@@ -11,13 +11,14 @@ stuck in Pending. Three forms are accepted, as in Airflow:
 This module only parses and validates. Merging template → legacy settings → override, and checking that the
 template file exists, is the pod builder's job (``bridge.worker_pod``), at pod-build time on the worker that
 reads the file. Everything here is plain JSON data, so a :class:`TaskPodConfig` travels through Redis as is.
+Rules shared with the ``[kubernetes]`` section (affinity, tolerations, pull policies, pod shape) come from
+``bridge.config`` and name rules from ``bridge.naming``, so a setting is judged the same wherever it is set.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -25,8 +26,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from bridge.config import (
+    IMAGE_PULL_POLICIES,
+    check_affinity,
+    check_pod_shape,
+    check_tolerations,
+    did_you_mean,
+)
 from bridge.errors import UserInputError
-from bridge.naming import is_dns1123_subdomain, is_qualified_name, is_valid_label_value
+from bridge.naming import (
+    DNS1123_SUBDOMAIN_RULE,
+    LABEL_VALUE_RULE,
+    QUALIFIED_NAME_RULE,
+    is_dns1123_subdomain,
+    is_qualified_name,
+    is_valid_label_value,
+)
 
 LEGACY_KEY = "KubernetesExecutor"
 POD_OVERRIDE_KEY = "pod_override"
@@ -34,7 +49,6 @@ POD_TEMPLATE_FILE_KEY = "pod_template_file"
 EXECUTOR_CONFIG_KEYS = (LEGACY_KEY, POD_OVERRIDE_KEY, POD_TEMPLATE_FILE_KEY)
 
 GPU_RESOURCE = "nvidia.com/gpu"
-IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 # The Kubernetes quantity grammar without a sign: resource amounts cannot be negative.
 _QUANTITY_RE = re.compile(
@@ -64,10 +78,9 @@ def _check_known_keys(where: str, mapping: Mapping[Any, Any], valid_keys: Iterab
     valid = sorted(valid_keys)
     for key in mapping:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ExecutorConfigError(
-                f"{where} has an unknown key {key!r}{hint}; valid keys are: {', '.join(valid)}"
+                f"{where} has an unknown key {key!r}{did_you_mean(str(key), valid)}; "
+                f"valid keys are: {', '.join(valid)}"
             )
 
 
@@ -135,10 +148,9 @@ def _image(name: str, value: object) -> str:
 
 def _image_pull_policy(name: str, value: object) -> str:
     if value not in IMAGE_PULL_POLICIES:
-        close = difflib.get_close_matches(str(value), IMAGE_PULL_POLICIES, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ExecutorConfigError(
-            f"{_legacy_field(name)} = {value!r} is not an image pull policy{hint}; "
+            f"{_legacy_field(name)} = {value!r} is not an image pull policy"
+            f"{did_you_mean(str(value), IMAGE_PULL_POLICIES)}; "
             f"use one of {', '.join(IMAGE_PULL_POLICIES)}"
         )
     return str(value)
@@ -151,7 +163,7 @@ def _secret_name(name: str, value: object) -> str:
         shown = f"<{len(str(value))} characters, not shown>" if maybe_key else repr(value)
         raise ExecutorConfigError(
             f"{_legacy_field(name)} = {shown} is not the name of a Kubernetes Secret; put the key file in a "
-            "Secret and give its name (lowercase letters, digits, '-' and '.'), never the key itself"
+            f"Secret and give its name ({DNS1123_SUBDOMAIN_RULE}), never the key itself"
         )
     return value
 
@@ -162,18 +174,14 @@ def _string_map(where: str, value: object, *, labels: bool) -> dict[str, str]:
         raise ExecutorConfigError(f"{where} = {value!r} must be a dict of strings, e.g. {{'team': 'data'}}")
     for key, item in value.items():
         if not isinstance(key, str) or not is_qualified_name(key):
-            raise ExecutorConfigError(
-                f"{where} has an invalid key {key!r}; use at most 63 letters, digits, '-', '_' and '.', "
-                "starting and ending with a letter or digit, optionally after a 'domain.example/' prefix"
-            )
+            raise ExecutorConfigError(f"{where} has an invalid key {key!r}; use a key {QUALIFIED_NAME_RULE}")
         if not isinstance(item, str):
             raise ExecutorConfigError(
                 f"{where}[{key!r}] = {item!r} must be a string; quote it, e.g. {str(item)!r}"
             )
         if labels and not is_valid_label_value(item):
             raise ExecutorConfigError(
-                f"{where}[{key!r}] = {item!r} is not a valid label value; use at most 63 letters, digits, "
-                "'-', '_' and '.', starting and ending with a letter or digit"
+                f"{where}[{key!r}] = {item!r} is not a valid label value; use {LABEL_VALUE_RULE}"
             )
     return dict(value)
 
@@ -186,14 +194,18 @@ def _annotation_map(name: str, value: object) -> dict[str, str]:
     return _string_map(_legacy_field(name), value, labels=False)
 
 
-def _json_object(name: str, value: object) -> dict[str, Any]:
-    data = _api_json(_legacy_field(name), value)
-    if not isinstance(data, dict):
-        raise ExecutorConfigError(
-            f"{_legacy_field(name)} = {value!r} must be a dict in Kubernetes API form, "
-            "e.g. {'nodeAffinity': {...}}"
-        )
-    return data
+def _checked_by_config(check: Callable[[object], Any], example: str) -> Callable[[str, object], Any]:
+    """A field check that applies the rule ``[kubernetes]`` uses for the same setting (one rule, one home)."""
+
+    def checked(name: str, value: object) -> Any:
+        try:
+            return check(_api_json(_legacy_field(name), value))
+        except ValueError as error:
+            raise ExecutorConfigError(
+                f"{_legacy_field(name)} = {value!r} is not valid in Kubernetes API form: {error}; {example}"
+            ) from None
+
+    return checked
 
 
 def _object_list(where: str, value: object, required_keys: tuple[str, ...], example: str) -> list[Any]:
@@ -221,9 +233,10 @@ def _volume_mounts(name: str, value: object) -> list[Any]:
     return _object_list(_legacy_field(name), value, ("name", "mountPath"), example)
 
 
-def _tolerations(name: str, value: object) -> list[Any]:
-    example = "e.g. [{'key': 'gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}]"
-    return _object_list(_legacy_field(name), value, (), example)
+_affinity = _checked_by_config(check_affinity, "e.g. {'nodeAffinity': {...}}")
+_tolerations = _checked_by_config(
+    check_tolerations, "e.g. [{'key': 'gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}]"
+)
 
 
 _FIELD_CHECKS: dict[str, Callable[[str, object], object]] = {
@@ -236,7 +249,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], object]] = {
     "limit_gpu": _gpu_count,
     "gcp_service_account_key": _secret_name,
     "node_selectors": _label_map,
-    "affinity": _json_object,
+    "affinity": _affinity,
     "annotations": _annotation_map,
     "volumes": _volumes,
     "volume_mounts": _volume_mounts,
@@ -358,22 +371,13 @@ def _pod_override(value: object) -> dict[str, Any]:
         raise ExecutorConfigError(
             f"{where} is a {model.__name__}; it must be a whole V1Pod, e.g. V1Pod(spec=...)"
         )
-    pod = _api_json(where, value)
-    if not isinstance(pod, dict):
-        raise ExecutorConfigError(f"{where} = {value!r} must be a pod; {_POD_V1POD_HINT}")
+    pod = check_pod_shape(_api_json(where, value), where, ExecutorConfigError)
+    # Beyond the shape every pod needs: an override is written by hand, so catch the usual mistakes.
     _check_field_names(where, pod)
     _check_known_keys(where, pod, _POD_FIELDS)
-    if pod.get("kind", "Pod") != "Pod" or pod.get("apiVersion", "v1") != "v1":
-        raise ExecutorConfigError(
-            f"{where} has kind={pod.get('kind')!r}, apiVersion={pod.get('apiVersion')!r}; "
-            "an override must be a Pod (kind 'Pod', apiVersion 'v1'), or leave both out"
-        )
-    metadata = pod.get("metadata", {})
-    spec = pod.get("spec", {})
-    for field, section in (("metadata", metadata), ("spec", spec)):
-        if not isinstance(section, dict):
-            raise ExecutorConfigError(f"{where}[{field!r}] = {section!r} must be a dict; {_POD_V1POD_HINT}")
-        _check_field_names(f"{where}[{field!r}]", section)
+    metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
+    _check_field_names(f"{where}['metadata']", metadata)
+    _check_field_names(f"{where}['spec']", spec)
     for field in ("labels", "annotations"):
         if field in metadata:
             _string_map(f"{where}['metadata'][{field!r}]", metadata[field], labels=field == "labels")

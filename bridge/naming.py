@@ -1,7 +1,9 @@
 """Kubernetes-safe names, label values and pod metadata for one task try.
 
 Airflow ids are free text, while Kubernetes names and label values have a strict syntax and a 63-character
-limit. This module is the one place that bridges the two, with three promises:
+limit. This module is the one place that knows those syntax rules (the ``is_*`` checks and the ``*_RULE``
+texts that explain them, used by the configuration and executor_config checks too) and the one place that
+bridges ids to them, with three promises:
 
 * The pod name is a pure function of the task key, so a queue message delivered twice asks Kubernetes for the
   same pod twice and the second request fails with 409 AlreadyExists instead of starting the task again.
@@ -24,7 +26,20 @@ from bridge.task_key import TaskKey, TaskKeyError
 MAX_LABEL_VALUE_LENGTH = 63
 # A pod name becomes the pod's hostname, which Linux caps at 63 characters (HOST_NAME_MAX minus one).
 MAX_POD_NAME_LENGTH = 63
+MAX_DNS1123_LABEL_LENGTH = 63
 MAX_DNS1123_SUBDOMAIN_LENGTH = 253
+MAX_QUALIFIED_NAME_LENGTH = 63  # the part after the optional "prefix/" of a label or annotation key
+MAX_CONFIG_KEY_LENGTH = 253  # a key of a Secret or ConfigMap
+
+# The rules above in words, for error messages, so every module explains a rule the same way.
+LABEL_VALUE_RULE = "at most 63 letters, digits, '-', '_', '.', alphanumeric at both ends"
+QUALIFIED_NAME_RULE = (
+    "like team or example.com/team, the part after '/' being a label value of 1-63 characters"
+)
+DNS1123_LABEL_RULE = "at most 63 lowercase letters, digits and '-', alphanumeric at both ends"
+DNS1123_SUBDOMAIN_RULE = "lowercase letters, digits, '-' and '.', like airflow-secrets"
+ENV_VAR_NAME_RULE = "letters, digits, '_', '-', '.', not starting with a digit"
+CONFIG_KEY_RULE = "letters, digits, '-', '_', '.'"
 
 # Label and annotation keys, as Airflow's KubernetesExecutor names them.
 DAG_ID_KEY = "dag_id"
@@ -35,9 +50,15 @@ MAP_INDEX_KEY = "map_index"
 KUBERNETES_EXECUTOR_LABEL = "kubernetes_executor"
 KUBERNETES_EXECUTOR_LABEL_VALUE = "True"
 
-_LABEL_VALUE_RE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-_LABEL_NAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_DNS1123_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_LABEL_NAME_RE = re.compile(_LABEL_NAME)
+_LABEL_VALUE_RE = re.compile(f"({_LABEL_NAME})?")  # a label value is a label name or empty
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL)
+_DNS1123_SUBDOMAIN_RE = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+# The portable rule: Kubernetes before 1.34 rejects anything wider, so a name works on every cluster version.
+_ENV_VAR_NAME_RE = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+_CONFIG_KEY_RE = re.compile(r"[-._a-zA-Z0-9]+")
 # Airflow's character class, spelled out in ASCII: Python's \w and str.isalnum() would also keep "é" or "٣".
 _NOT_LABEL_CHARACTER_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _LABEL_PUNCTUATION = "-_."
@@ -56,6 +77,11 @@ def is_valid_label_value(value: str) -> bool:
     return len(value) <= MAX_LABEL_VALUE_LENGTH and _LABEL_VALUE_RE.fullmatch(value) is not None
 
 
+def is_dns1123_label(name: str) -> bool:
+    """True if ``name`` is valid where Kubernetes wants a DNS label (namespaces, pod hostnames)."""
+    return len(name) <= MAX_DNS1123_LABEL_LENGTH and _DNS1123_LABEL_RE.fullmatch(name) is not None
+
+
 def is_dns1123_subdomain(name: str) -> bool:
     """True if ``name`` is a valid name for most Kubernetes objects (Secrets, ConfigMaps, ...)."""
     return len(name) <= MAX_DNS1123_SUBDOMAIN_LENGTH and _DNS1123_SUBDOMAIN_RE.fullmatch(name) is not None
@@ -66,7 +92,17 @@ def is_qualified_name(key: str) -> bool:
     prefix, slash, name = key.rpartition("/")
     if slash and not is_dns1123_subdomain(prefix):
         return False
-    return len(name) <= MAX_LABEL_VALUE_LENGTH and _LABEL_NAME_RE.fullmatch(name) is not None
+    return len(name) <= MAX_QUALIFIED_NAME_LENGTH and _LABEL_NAME_RE.fullmatch(name) is not None
+
+
+def is_env_var_name(name: str) -> bool:
+    """True if every Kubernetes version accepts ``name`` as a container environment variable name."""
+    return _ENV_VAR_NAME_RE.fullmatch(name) is not None
+
+
+def is_config_key(key: str) -> bool:
+    """True if ``key`` is valid as a key of a Secret or ConfigMap (what ``secretKeyRef.key`` names)."""
+    return len(key) <= MAX_CONFIG_KEY_LENGTH and _CONFIG_KEY_RE.fullmatch(key) is not None
 
 
 def strip_unsafe_kubernetes_special_chars(text: str) -> str:

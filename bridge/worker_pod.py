@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from functools import reduce
 from typing import Any
 
-from bridge.config import BASE_CONTAINER, KubeConfig, base_container, check_pod_shape, load_pod_template
+from bridge.config import BASE_CONTAINER, KubeConfig, base_container, load_pod_template
 from bridge.errors import UserInputError
 from bridge.executor_config import KubernetesExecutorConfig, TaskPodConfig
 from bridge.naming import create_pod_id, task_key_annotations, task_key_labels
@@ -204,17 +204,17 @@ def _compact(**fields: Any) -> dict[str, Any]:
 
 
 def _override_pod(override: Pod | None, kube_config: KubeConfig) -> Pod | None:
+    """The task's ``pod_override`` (shape-checked by ``TaskPodConfig``) if it stays in our namespace."""
     if override is None:
         return None
-    pod = check_pod_shape(copy.deepcopy(override), "executor_config['pod_override']")
-    namespace = pod.get("metadata", {}).get("namespace")
+    namespace = override.get("metadata", {}).get("namespace")
     if namespace not in (None, "", kube_config.namespace):
         raise WorkerPodError(
             f"executor_config['pod_override'] metadata.namespace = {namespace!r}, but this bridge launches "
             f"and watches pods only in [kubernetes] namespace = {kube_config.namespace!r}; remove the "
             "namespace from the override, or run a bridge for that namespace"
         )
-    return pod
+    return override
 
 
 def _normalized(layer: Pod) -> Pod:

@@ -21,7 +21,8 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client of the session server, emptied before the test (the server is ours to flush)."""
-    if redis_server._process is None:  # a previous test stopped it and failed before restarting
+    if not redis_server.running:  # a previous test stopped it and failed before restarting
+        redis_server.stop()
         redis_server.start()
     client = redis_server.client()
     client.flushall()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,9 +14,13 @@ from hypothesis import strategies as st
 
 from bridge.cli import config_main
 from bridge.config import (
+    DISPATCHER,
+    EXECUTOR,
     FREE_FORM_SECTIONS,
     OPTIONS,
+    POD_BUILDER,
     REDACTED,
+    WATCHER,
     ConfigError,
     KubeConfig,
     Option,
@@ -92,6 +97,8 @@ def test_every_option_is_documented_and_typed_on_kubeconfig() -> None:
     reference, shipped = render_reference_markdown(), render_default_file()
     for option in OPTIONS:
         assert option.help
+        assert option.read_by, f"{option.key}: say which process reads it"
+        assert set(option.read_by) <= {POD_BUILDER, DISPATCHER, WATCHER, EXECUTOR}
         assert f"`{option.key}`" in reference
         assert f"\n{option.key} =" in shipped
 
@@ -125,7 +132,7 @@ SQL_CONN = airflow-db=sql_alchemy_conn
     assert config.image_pull_secrets == ["regcred", "other-cred"]
     assert config.affinity == {"nodeAffinity": {}}
     assert config.tolerations == [{"key": "gpu", "operator": "Exists"}]
-    assert config.kube_client_request_args == {"_request_timeout": [5, 60]}
+    assert config.kube_client_request_args == {"_request_timeout": (5, 60)}, "a list becomes a tuple"
     assert config.delete_option_kwargs == {"grace_period_seconds": 10}
     assert config.kubernetes_secrets == {"SQL_CONN": SecretRef("airflow-db", "sql_alchemy_conn")}
     assert config.kube_image == "apache/airflow:3.0.2"
@@ -159,13 +166,185 @@ def test_a_default_section_does_not_leak_into_every_section(tmp_path: Path) -> N
     path = write(tmp_path, "[DEFAULT]\nnamespace = leaked\n")
     with pytest.raises(ConfigError) as error:
         load_config(path, environ=IMAGE_ENV)
-    assert "unknown section [DEFAULT]" in problems_of(error)
+    assert "[DEFAULT]: unknown section" in problems_of(error)
 
 
 def test_kubeconfig_accepts_settings_for_embedding_and_tests() -> None:
     config = KubeConfig({**IMAGE, "bridge": {"key_prefix": "blue"}})
     assert config.key_prefix == "blue"
     assert config.result_stream == "blue:results"
+
+
+def test_kubeconfig_settings_must_be_text_as_in_a_file() -> None:
+    not_text: dict[str, dict[str, Any]] = {"kubernetes": {"run_as_user": 50000, "in_cluster": False}}
+    with pytest.raises(ConfigError) as error:
+        KubeConfig(not_text)
+    assert error.value.problems == [
+        "[kubernetes] run_as_user: expected text, got 50000; quote it: '50000'",
+        "[kubernetes] in_cluster: expected text, got False; quote it: 'False'",
+    ]
+
+
+# A valid value other than the default for every option ("<...>" names a file made by sample_files), used
+# here to prove each option can be set from the environment, and in test_worker_pod to prove that options
+# the pod builder does not read leave pods alone.
+SAMPLE_VALUES: dict[str, str] = {
+    "log_level": "DEBUG",
+    "namespace": "team-a",
+    "worker_container_repository": "example.com/worker",
+    "worker_container_tag": "7",
+    "worker_container_image_pull_policy": "Always",
+    "pod_template_file": "<template>",
+    "worker_service_account_name": "airflow-worker",
+    "image_pull_secrets": "regcred",
+    "run_as_user": "50000",
+    "run_as_group": "0",
+    "fs_group": "2000",
+    "affinity": '{"nodeAffinity": {}}',
+    "tolerations": '[{"key": "gpu", "operator": "Exists"}]',
+    "delete_worker_pods": "False",
+    "delete_worker_pods_on_failure": "True",
+    "worker_pods_pending_timeout": "60",
+    "worker_pod_pending_fatal_container_state_reasons": "ErrImagePull",
+    "task_publish_max_retries": "0",
+    "in_cluster": "False",
+    "cluster_context": "kind-dev",
+    "config_file": "<file>",
+    "verify_ssl": "False",
+    "ssl_ca_cert": "<file>",
+    "kube_client_request_args": '{"_request_timeout": [5, 60]}',
+    "delete_option_kwargs": '{"grace_period_seconds": 10}',
+    "request_timeout_seconds": "5",
+    "watch_timeout_seconds": "60",
+    "enable_tcp_keepalive": "False",
+    "tcp_keep_idle": "60",
+    "tcp_keep_intvl": "10",
+    "tcp_keep_cnt": "3",
+    "redis_url": "redis://redis.example:6380/1",
+    "queue_name": "other-queue",
+    "key_prefix": "blue",
+    "result_stream": "blue:outcomes",
+    "signing_key": "k" * 40,
+    "signing_key_file": "<key file>",
+}
+# Options that are only valid together with another one.
+COMPANIONS = {
+    "worker_container_repository": "worker_container_tag",
+    "worker_container_tag": "worker_container_repository",
+    "cluster_context": "in_cluster",
+    "config_file": "in_cluster",
+}
+SECTION_OF = {option.key: option.section for option in OPTIONS}
+
+
+def sample_files(tmp_path: Path) -> dict[str, str]:
+    return {
+        "<template>": str(write(tmp_path, POD_TEMPLATE, "pod.yaml")),
+        "<file>": str(write(tmp_path, "any content\n", "some.file")),
+        "<key file>": str(write(tmp_path, "f" * 40 + "\n", "signing.key")),
+    }
+
+
+def sample_settings(key: str, files: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{section: {option: text}}`` setting ``key`` (and any companion) to its sample value."""
+    settings: dict[str, dict[str, str]] = {}
+    for name in filter(None, (key, COMPANIONS.get(key))):
+        settings.setdefault(SECTION_OF[name], {})[name] = files.get(SAMPLE_VALUES[name], SAMPLE_VALUES[name])
+    return settings
+
+
+def test_every_option_has_a_sample_value() -> None:
+    assert set(SAMPLE_VALUES) == set(SECTION_OF)
+
+
+@pytest.mark.parametrize("key", sorted(SAMPLE_VALUES))
+def test_every_option_can_be_set_from_the_environment(key: str, tmp_path: Path) -> None:
+    settings = sample_settings(key, sample_files(tmp_path))
+    environ = {
+        f"KBRIDGE__{section.upper()}__{name.upper()}": text
+        for section, entries in settings.items()
+        for name, text in entries.items()
+    }
+    from_environment, from_settings = load_config(environ=environ), KubeConfig(settings)
+    assert getattr(from_environment, key) == getattr(from_settings, key)
+    assert getattr(from_environment, key) != getattr(KubeConfig(), key), (
+        "the sample must differ from the default"
+    )
+    assert from_environment.as_dict() == from_settings.as_dict()
+
+
+# section: (key, value in the file, value in the environment, parsed value from the environment)
+FREE_FORM_SAMPLES = {
+    "kubernetes_labels": ("example.com/team", "data", "ml", "ml"),
+    "kubernetes_annotations": ("example.com/owner", "data team", "ml team", "ml team"),
+    "kubernetes_node_selectors": ("disktype", "hdd", "ssd", "ssd"),
+    "kubernetes_environment_variables": ("AIRFLOW__CORE__DEBUG", "False", "True", "True"),
+    "kubernetes_secrets": ("DB_CONN", "airflow-db=conn", "other-db=url", SecretRef("other-db", "url")),
+}
+
+
+@pytest.mark.parametrize("section", sorted(FREE_FORM_SAMPLES))
+def test_every_free_form_section_can_be_extended_and_overridden_from_the_environment(
+    section: str, tmp_path: Path
+) -> None:
+    key, in_file, in_environment, parsed = FREE_FORM_SAMPLES[section]
+    path = write(tmp_path, f"[{section}]\n{key} = {in_file}\nFROM_FILE = {in_file}\n")
+    prefix = f"KBRIDGE__{section.upper()}__"  # the key after it keeps its case and may contain "__"
+    config = load_config(path, environ={prefix + key: in_environment, prefix + "FROM_ENV": in_environment})
+    entries = getattr(config, section)
+    assert set(entries) == {key, "FROM_FILE", "FROM_ENV"}
+    assert entries[key] == entries["FROM_ENV"] == parsed
+
+
+def test_kubeconfig_keeps_the_airflow_1_10_surface(tmp_path: Path) -> None:
+    """The seed's KubeConfig: no-argument constructor, section names, _get_security_context_val, _validate."""
+    assert (KubeConfig.core_section, KubeConfig.kubernetes_section) == ("core", "kubernetes")
+    defaults = KubeConfig()
+    assert defaults.namespace == "default"
+    assert defaults._get_security_context_val("run_as_user") is None
+    assert KubeConfig({"kubernetes": {"fs_group": "2000"}})._get_security_context_val("fs_group") == 2000
+    key_file = write(tmp_path, "f" * 40, "signing.key")
+    config = KubeConfig({**IMAGE, "bridge": {"signing_key_file": str(key_file)}})
+    config._validate()
+    config._validate()  # only checks: calling it again finds nothing new and changes nothing
+    assert config.signing_key == "f" * 40
+    config.worker_container_tag = ""
+    with pytest.raises(
+        ConfigError, match="set worker_container_repository and worker_container_tag together"
+    ):
+        config._validate()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"_request_timeout": [5, 60]}', {"_request_timeout": (5, 60)}),
+        (
+            '{"_request_timeout": 2.5, "_preload_content": true}',
+            {"_request_timeout": 2.5, "_preload_content": True},
+        ),
+        ("{}", {}),
+    ],
+)
+def test_request_timeout_list_becomes_the_tuple_the_client_reads_as_connect_read(
+    text: str, expected: dict[str, object]
+) -> None:
+    config = KubeConfig({"kubernetes": {"kube_client_request_args": text}})
+    assert config.kube_client_request_args == expected
+    assert json.loads(json.dumps(config.as_dict()["kubernetes"]["kube_client_request_args"])) == json.loads(
+        text
+    )
+
+
+@pytest.mark.parametrize("timeout", ["[5]", "[5, 60, 90]", '"5"', "[0, 5]", "true", "-1", "[5, null]"])
+def test_request_timeout_of_a_shape_the_client_would_ignore_is_an_error(timeout: str) -> None:
+    text = f'{{"_request_timeout": {timeout}}}'
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes": {"kube_client_request_args": text}})
+    assert error.value.problems == [
+        f"[kubernetes] kube_client_request_args = {text!r}: expected _request_timeout to be seconds > 0 or "
+        f"[connect, read] seconds, got {json.loads(timeout)!r}"
+    ]
 
 
 # --- error reporting -----------------------------------------------------------------------------------
@@ -186,7 +365,8 @@ BAD_VALUES = [
     ("kubernetes", "pod_template_file", "/does/not/exist.yaml", "existing, readable file"),
     ("kubernetes", "ssl_ca_cert", "~no-such-user-kbridge/ca.pem", "existing, readable file"),
     ("bridge", "redis_url", "http://redis:6380", "redis://, rediss:// (TLS) or unix://"),
-    ("bridge", "key_prefix", "-bad-", "used as a label"),
+    ("bridge", "key_prefix", "-bad-", "label value"),
+    ("bridge", "queue_name", "my queue", "letters, digits"),
     ("kubernetes_labels", "team", "not a label value", "label value"),
     ("kubernetes_labels", "bad key!", "x", "label key"),
     ("kubernetes_annotations", "/no-prefix", "x", "annotation key"),
@@ -197,19 +377,40 @@ BAD_VALUES = [
 ]
 
 
-def test_every_bad_option_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
-    first_per_key = {(section, key): value for section, key, value, _ in reversed(BAD_VALUES)}
+# Each option once, with the first bad value BAD_VALUES gives it.
+BAD_FILE_ENTRIES = {(section, key): value for section, key, value, _ in reversed(BAD_VALUES)}
+
+
+def write_bad_file(tmp_path: Path) -> Path:
     sections: dict[str, list[str]] = {}
-    for (section, key), value in first_per_key.items():
+    for (section, key), value in BAD_FILE_ENTRIES.items():
         sections.setdefault(section, []).append(f"{key} = {value}")
-    path = write(
+    return write(
         tmp_path, "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
     )
+
+
+def test_every_bad_option_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
-        load_config(path, environ=IMAGE_ENV)
-    assert len(error.value.problems) == len(first_per_key), error.value.problems
-    for section, key in first_per_key:
-        assert any(problem.startswith(f"[{section}] {key} (from {path})") for problem in error.value.problems)
+        load_config(write_bad_file(tmp_path), environ=IMAGE_ENV)
+    assert len(error.value.problems) == len(BAD_FILE_ENTRIES), error.value.problems
+    for section, key in BAD_FILE_ENTRIES:
+        assert any(problem.startswith(f"[{section}] {key} = ") for problem in error.value.problems)
+
+
+def test_more_problems_than_a_screen_holds_are_still_all_named_on_one_screen() -> None:
+    typos = {f"typo_{number:02}": "x" for number in range(60)}
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes": typos})
+    lines = str(error.value).splitlines()
+    assert lines[0] == "invalid configuration (settings), 60 problems:"
+    assert len(lines) <= 25
+    assert len(error.value.problems) == 60, "the full list stays available to programs"
+    listed = [line for line in lines if line.startswith("  - [kubernetes] typo_")]
+    assert listed, "as many problems as fit are shown in full"
+    assert all(len(line) <= 100 for line in lines[len(listed) + 1 :])
+    for key in typos:
+        assert f"[kubernetes] {key}" in str(error.value)
 
 
 @pytest.mark.parametrize(("section", "key", "value", "expected"), BAD_VALUES)
@@ -246,14 +447,15 @@ a = b
     assert "did you mean 'namespace'" in text
     assert "did you mean 'kubernetes_labels'" in text
     assert "[kubernetes] tcp_keep_cnt (from $KBRIDGE__KUBERNETES__TCP_KEEP_CNT) = '500'" in text
-    assert f"[kubernetes] namespace (from {path}) = 'Bad_NS'" in text
+    assert "[kubernetes] namespace = 'Bad_NS'" in text, "the header names the file; lines name other origins"
+    assert str(path) not in text.split("\n", 1)[1]
 
 
 def test_unknown_environment_overrides_are_problems_too() -> None:
     with pytest.raises(ConfigError) as error:
         load_config(environ={**IMAGE_ENV, "KBRIDGE__BRIDGE__REDIS": "x", "KBRIDGE__NOSECTION": "y"})
     text = problems_of(error)
-    assert "unknown option [bridge] REDIS in $KBRIDGE__BRIDGE__REDIS (did you mean 'redis_url'?)" in text
+    assert "[bridge] REDIS (from $KBRIDGE__BRIDGE__REDIS): unknown option (did you mean 'redis_url'?)" in text
     assert "$KBRIDGE__NOSECTION: expected KBRIDGE__<SECTION>__<KEY>" in text
 
 
@@ -283,7 +485,7 @@ def test_unreadable_file_is_reported_not_raised(tmp_path: Path) -> None:
     path.write_bytes(b"[kubernetes]\nnamespace = caf\xe9\n")
     with pytest.raises(ConfigError) as error:
         load_config(path, environ=IMAGE_ENV)
-    assert error.value.problems[0].startswith(f"{path} cannot be read")
+    assert error.value.problems[0].startswith(f"{path}: cannot be read")
     assert "UTF-8" in error.value.problems[0]
 
 
@@ -364,15 +566,49 @@ def test_unusable_signing_key_file_is_one_clear_problem(tmp_path: Path) -> None:
     empty = write(tmp_path, "\n", "empty.key")
     with pytest.raises(ConfigError) as error:
         KubeConfig({**IMAGE, "bridge": {"signing_key_file": str(empty)}})
-    assert error.value.problems == [
-        f"[bridge] signing_key_file (from settings) = {str(empty)!r}: the file is empty"
-    ]
+    assert error.value.problems == [f"[bridge] signing_key_file = {str(empty)!r}: the file is empty"]
 
 
-def test_password_in_redis_url_is_redacted() -> None:
-    config = KubeConfig({**IMAGE, "bridge": {"redis_url": "rediss://user:hunter2@redis.example:6380/1"}})
-    assert config.redis_url.endswith("hunter2@redis.example:6380/1"), "the real value is kept for use"
-    assert config.as_dict()["bridge"]["redis_url"] == f"rediss://user:{REDACTED}@redis.example:6380/1"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rediss://user:hunter2@redis.example:6380/1", f"rediss://user:{REDACTED}@redis.example:6380/1"),
+        ("redis://:hunter2@redis:6380", f"redis://:{REDACTED}@redis:6380"),
+        ("redis://redis:6380/0?password=hunter2&ssl=1", f"redis://redis:6380/0?password={REDACTED}&ssl=1"),
+        ("unix:///run/redis.sock?db=0&Password=hunter2", f"unix:///run/redis.sock?db=0&Password={REDACTED}"),
+        ("redis://redis:6380/0", "redis://redis:6380/0"),
+    ],
+)
+def test_password_in_redis_url_is_redacted(url: str, shown: str) -> None:
+    config = KubeConfig({"bridge": {"redis_url": url}})
+    assert config.redis_url == url, "the real value is kept for use"
+    assert config.as_dict()["bridge"]["redis_url"] == shown
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:hunter2@redis:6380", "redis://[::1:hunter2@x", "x?password=hunter2"]
+)
+def test_password_in_a_bad_redis_url_is_not_echoed_by_the_error(url: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"bridge": {"redis_url": url}})
+    assert error.value.problems[0].startswith("[bridge] redis_url = ")
+    assert "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("signing_key = hunter2-hunter2-hunter2-hunter2-1234\n", "line 1: expected a [section] header"),
+        ("[bridge]\nsigning_key =\nhunter2-hunter2-hunter2-hunter2-1234\n", "line 3: expected 'key = value'"),
+    ],
+)
+def test_ini_syntax_error_names_the_line_without_quoting_it(tmp_path: Path, text: str, expected: str) -> None:
+    """The parser's own message quotes the bad line, which may be a pasted secret."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, environ={})
+    assert error.value.problems == [f"{path}: {expected}" + error.value.problems[0].split(expected, 1)[1]]
+    assert "hunter2" not in str(error.value)
 
 
 # --- robustness -----------------------------------------------------------------------------------------
@@ -399,18 +635,27 @@ def test_kbridge_config_prints_defaults_and_effective_settings(
 ) -> None:
     assert config_main(["--print-defaults"]) == 0
     assert capsys.readouterr().out == render_default_file()
-    path = write(tmp_path, "[kubernetes]\nworker_container_repository = r\nworker_container_tag = t\n")
-    monkeypatch.setenv("KBRIDGE__BRIDGE__SIGNING_KEY", SIGNING_KEY)
-    assert config_main(["--config", str(path), "--json"]) == 0
-    printed = capsys.readouterr().out
-    assert json.loads(printed)["kubernetes"]["worker_container_repository"] == "r"
-    assert SIGNING_KEY not in printed
-
-
-def test_console_script_reports_a_bad_file_on_one_screen_without_traceback(tmp_path: Path) -> None:
     path = write(
-        tmp_path, "[kubernetes]\nnamespace = Bad_NS\ntcp_keep_cnt = x\n[bridge]\nredis_url = http://x\n"
+        tmp_path,
+        "[kubernetes]\nworker_container_repository = r\nworker_container_tag = t\n"
+        "[bridge]\nredis_url = redis://user:redis-password@redis:6380/0?password=query-password\n"
+        "[kubernetes_secrets]\nSQL_CONN = airflow-db=sql_alchemy_conn\n",
     )
+    monkeypatch.setenv("KBRIDGE__BRIDGE__SIGNING_KEY", SIGNING_KEY)
+    for output in (["--json"], []):
+        assert config_main(["--config", str(path), *output]) == 0
+        printed = capsys.readouterr().out
+        for secret in (SIGNING_KEY, "redis-password", "query-password"):
+            assert secret not in printed
+        assert "airflow-db=sql_alchemy_conn" in printed, "a Secret reference is not itself a secret"
+    assert config_main(["--config", str(path), "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["kubernetes"]["worker_container_repository"] == "r"
+    assert settings["bridge"]["signing_key"] == REDACTED
+
+
+def test_console_script_reports_a_file_full_of_errors_on_one_screen_without_traceback(tmp_path: Path) -> None:
+    path = write_bad_file(tmp_path)
     result = subprocess.run(
         [KBRIDGE, "config", "--config", str(path)], capture_output=True, text=True, check=False, env={}
     )
@@ -418,7 +663,8 @@ def test_console_script_reports_a_bad_file_on_one_screen_without_traceback(tmp_p
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert lines[0] == f"kbridge config: invalid configuration ({path}), 3 problems:"
-    assert len(lines) == 4
-    for fragment in ("namespace", "tcp_keep_cnt", "redis_url"):
-        assert fragment in result.stderr
+    assert lines[0] == f"kbridge config: invalid configuration ({path}), {len(BAD_FILE_ENTRIES)} problems:"
+    assert len(lines) <= 25
+    assert max(map(len, lines[1:])) <= 180, "each problem fits two lines of a wide terminal"
+    for section, key in BAD_FILE_ENTRIES:
+        assert sum(line.startswith(f"  - [{section}] {key} = ") for line in lines) == 1, key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from decimal import Decimal
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from kubernetes import client as k8s
 from kubernetes.utils.quantity import parse_quantity
 
+from bridge.config import ConfigError, KubeConfig
 from bridge.errors import UserInputError
 from bridge.executor_config import (
     ExecutorConfigError,
@@ -70,6 +72,22 @@ def test_from_dict_reads_every_field_and_as_dict_gives_them_back_flat() -> None:
     assert KubernetesExecutorConfig.from_dict({"KubernetesExecutor": config.as_dict()}) == config
     via_json = json.loads(json.dumps({"KubernetesExecutor": config.as_dict()}))
     assert KubernetesExecutorConfig.from_dict(via_json) == config
+
+
+# The seed's signature, copied from Airflow 1.10's API reference.
+SEED_SIGNATURE = (
+    "image, image_pull_policy, request_memory, request_cpu, limit_memory, limit_cpu, limit_gpu, "
+    "gcp_service_account_key, node_selectors, affinity, annotations, volumes, volume_mounts, "
+    "tolerations, labels"
+)
+
+
+def test_constructor_signature_is_the_seeds_with_every_default_none() -> None:
+    parameters = inspect.signature(KubernetesExecutorConfig).parameters.values()
+    assert ", ".join(parameter.name for parameter in parameters) == SEED_SIGNATURE
+    assert all(parameter.default is None for parameter in parameters)
+    assert all(parameter.kind is parameter.POSITIONAL_OR_KEYWORD for parameter in parameters)
+    assert isinstance(inspect.getattr_static(KubernetesExecutorConfig, "from_dict"), staticmethod)
 
 
 def test_constructor_has_the_airflow_1_10_signature_in_order() -> None:
@@ -168,10 +186,12 @@ def test_request_above_limit_is_rejected_exactly_when_kubernetes_says_it_is_larg
         ("labels", {"team": "data team"}, "data team", "not a valid label value"),
         ("labels", {"bad key!": "x"}, "bad key!", "invalid key"),
         ("annotations", {"owner": 7}, 7, "quote it, e.g. '7'"),
-        ("affinity", ["zone-a"], ["zone-a"], "must be a dict in Kubernetes API form"),
+        ("affinity", ["zone-a"], ["zone-a"], "expected a JSON object, got JSON list"),
+        ("affinity", {"node_affinity": {}}, {"node_affinity": {}}, "did you mean 'nodeAffinity'"),
         ("volumes", [{"hostPath": {"path": "/tmp"}}], {"hostPath": {"path": "/tmp"}}, "lacks 'name'"),
         ("volume_mounts", [{"name": "data"}], {"name": "data"}, "lacks 'mountPath'"),
-        ("tolerations", "gpu", "gpu", "must be a list of dicts"),
+        ("tolerations", "gpu", "gpu", "expected a JSON list of toleration objects"),
+        ("tolerations", [{"operator": "Sometimes"}], [{"operator": "Sometimes"}], "operator Equal or Exists"),
         ("tolerations", [{"tolerationSeconds": float("nan")}], [{"tolerationSeconds": float("nan")}], "JSON"),
         ("affinity", {"since": object}, {"since": object}, "a type is not JSON data"),
     ],
@@ -183,6 +203,25 @@ def test_bad_legacy_values_are_named_with_the_fix(
     assert f"executor_config['KubernetesExecutor']['{field}']" in message
     assert repr(offending) in message
     assert fix in message
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("affinity", {"nodeaffinity": {}}),
+        ("affinity", []),
+        ("tolerations", [{"key": "gpu", "effect": "NoScheduling"}]),
+        ("tolerations", [{"toleration_seconds": 30}]),
+        ("tolerations", [["gpu"]]),
+    ],
+)
+def test_executor_config_and_kubernetes_section_reject_the_same_affinity_and_tolerations(
+    field: str, bad: object
+) -> None:
+    with pytest.raises(ExecutorConfigError):
+        KubernetesExecutorConfig.from_dict({"KubernetesExecutor": {field: bad}})
+    with pytest.raises(ConfigError):
+        KubeConfig({"kubernetes": {field: json.dumps(bad)}})
 
 
 def test_request_above_limit_names_both_fields() -> None:
@@ -291,12 +330,13 @@ def test_legacy_settings_and_pod_override_together_are_rejected() -> None:
         (base_pod(image_pull_policy="Always").to_dict(), "not pod.to_dict()"),
         ({"spec": {"containers": [{"name": "base", "image_pull_policy": "Always"}]}}, "'image_pull_policy'"),
         (k8s.V1PodSpec(containers=[]), "it must be a whole V1Pod"),
-        (["not", "a", "pod"], "must be a pod"),
-        ({"kind": "Deployment", "apiVersion": "apps/v1"}, "must be a Pod (kind 'Pod', apiVersion 'v1')"),
+        (["not", "a", "pod"], "is a list, not a pod"),
+        ({"kind": "Deployment", "apiVersion": "apps/v1"}, "has kind 'Deployment', apiVersion 'apps/v1'"),
         ({"status": {"phase": "Running"}}, "unknown key 'status'"),
         ({"metadata": {"labels": {"team": "data team"}}}, "'data team' is not a valid label value"),
-        ({"metadata": []}, "['metadata'] = [] must be a dict"),
-        ({"spec": {"containers": {"name": "base"}}}, "must be a list of container dicts"),
+        ({"metadata": []}, "field 'metadata' must be a mapping, got []"),
+        ({"spec": {"containers": {"name": "base"}}}, "field 'containers' must be a list of mappings"),
+        ({"spec": {"initContainers": {"name": "init"}}}, "must be a list of container dicts"),
     ],
 )
 def test_bad_pod_override_is_explained(pod_override: object, fix: str) -> None:

@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +26,12 @@ from bridge.naming import (
     TRY_NUMBER_KEY,
     create_pod_id,
     datetime_to_label_safe_datestring,
+    is_config_key,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_env_var_name,
+    is_qualified_name,
+    is_valid_label_value,
     label_safe_datestring_to_datetime,
     make_safe_label_value,
     make_safe_pod_id,
@@ -99,6 +107,60 @@ def selects(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+# --- the Kubernetes syntax rules ---------------------------------------------------------------------------
+
+SUBDOMAIN_253 = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+RULE_CASES: list[tuple[Callable[[str], bool], str, bool]] = [
+    (is_valid_label_value, "", True),
+    (is_valid_label_value, "a" * 63, True),
+    (is_valid_label_value, "a" * 64, False),
+    (is_valid_label_value, "A-b_c.9", True),
+    (is_valid_label_value, "-a", False),
+    (is_valid_label_value, "a.", False),
+    (is_valid_label_value, "é", False),
+    (is_dns1123_label, "a" * 63, True),
+    (is_dns1123_label, "a" * 64, False),
+    (is_dns1123_label, "team-a", True),
+    (is_dns1123_label, "team.a", False),
+    (is_dns1123_label, "Team", False),
+    (is_dns1123_label, "", False),
+    (is_dns1123_subdomain, SUBDOMAIN_253, True),
+    (is_dns1123_subdomain, SUBDOMAIN_253 + "d", False),
+    (is_dns1123_subdomain, "airflow.secrets-1", True),
+    (is_dns1123_subdomain, "a..b", False),
+    (is_qualified_name, "team", True),
+    (is_qualified_name, "example.com/team", True),
+    (is_qualified_name, "a" * 63, True),
+    (is_qualified_name, "a" * 64, False),
+    (is_qualified_name, f"{SUBDOMAIN_253}/{'n' * 63}", True),
+    (is_qualified_name, "/team", False),
+    (is_qualified_name, "Example.com/team", False),
+    (is_qualified_name, "example.com/", False),
+    (is_env_var_name, "AIRFLOW__CORE__DEBUG", True),
+    (is_env_var_name, "my.var-1", True),
+    (is_env_var_name, "1ST", False),
+    (is_env_var_name, "A B", False),
+    (is_env_var_name, "A=B", False),
+    (is_config_key, "sql_alchemy_conn", True),
+    (is_config_key, ".dockerconfigjson", True),
+    (is_config_key, "k" * 253, True),
+    (is_config_key, "k" * 254, False),
+    (is_config_key, "a/b", False),
+    (is_config_key, "", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("rule", "text", "valid"),
+    RULE_CASES,
+    ids=[f"{rule.__name__}-{text[:20]!r}" for rule, text, _ in RULE_CASES],
+)
+def test_kubernetes_syntax_rules_at_their_boundaries(
+    rule: Callable[[str], bool], text: str, valid: bool
+) -> None:
+    assert rule(text) is valid
+
+
 # --- label values -------------------------------------------------------------------------------------------
 
 
@@ -110,6 +172,10 @@ def selects(selector: str, labels: dict[str, str]) -> bool:
         ("a" * 63, "a" * 63),
         ("", ""),
         ("a" * 64, "a" * 53 + "-" + md5_9("a" * 64)),
+        ("a" * 31 + "." + "b" * 31, "a" * 31 + "." + "b" * 31),  # 63 with punctuation inside: kept
+        ("a" * 62 + "-", "a" * 53 + "-" + md5_9("a" * 62 + "-")),  # 63, but ends with "-": changed
+        ("-" + "a" * 63, "a" * 53 + "-" + md5_9("-" + "a" * 63)),  # 64, 63 once stripped: still hashed
+        ("a" * 52 + "." + "b" * 20, "a" * 52 + ".-" + md5_9("a" * 52 + "." + "b" * 20)),  # cut after a "."
         ("~~x~~", "x-" + md5_9("~~x~~")),
         ("my dag", "mydag-" + md5_9("my dag")),
         ("_a_", "a-" + md5_9("_a_")),
@@ -165,6 +231,30 @@ def test_pod_name_changes_when_any_key_field_changes(key: TaskKey, field: str, d
     new_value: Any = data.draw(strategy.filter(lambda value: value != getattr(key, field)))
     other = key._replace(**{field: new_value})
     assert create_pod_id(other) != create_pod_id(key)
+
+
+@pytest.mark.parametrize(
+    "dag_and_task", [("etl", "load"), ("d" * 200, "t" * 200)], ids=["short", "truncated"]
+)
+def test_tries_that_differ_only_in_run_id_map_index_or_try_number_get_distinct_names(
+    dag_and_task: tuple[str, str],
+) -> None:
+    key = TaskKey(*dag_and_task, "scheduled__2024-05-01T00:00:00+00:00", 1, -1)
+    tries = [
+        key,
+        key._replace(run_id="scheduled__2024-05-02T00:00:00+00:00"),
+        key._replace(run_id="scheduled__2024-05-01T00:00:00+00:00 "),
+        key._replace(map_index=0),
+        key._replace(map_index=1),
+        key._replace(try_number=2),
+        key._replace(try_number=0),
+        key._replace(try_number=2, map_index=1),
+    ]
+    names = [create_pod_id(each) for each in tries]
+    assert len(set(names)) == len(tries)
+    assert len({name.rsplit("-", 1)[0] for name in names}) == 1, "the same readable dag/task prefix"
+    assert all(len(name) <= 63 for name in names)
+    assert names == [create_pod_id(each) for each in tries], "and the same name every time"
 
 
 def test_pod_name_keeps_field_boundaries_apart() -> None:
@@ -398,6 +488,29 @@ def test_datestring_round_trip_is_exact_and_label_safe(moment: datetime) -> None
     decoded = label_safe_datestring_to_datetime(text)
     assert decoded.replace(tzinfo=None) == moment.replace(tzinfo=None)  # wall time incl. microseconds
     assert decoded.utcoffset() == moment.utcoffset()  # None for a naive datetime
+
+
+@pytest.mark.parametrize(
+    ("zone", "wall_time", "fold", "offset_hours"),
+    [
+        ("America/New_York", datetime(2024, 11, 3, 1, 30, 0, 123456), 0, -4),  # the first 01:30 (EDT)
+        ("America/New_York", datetime(2024, 11, 3, 1, 30, 0, 123456), 1, -5),  # the repeated 01:30 (EST)
+        ("Europe/Berlin", datetime(2024, 3, 31, 3, 0), 0, 2),  # just after the spring-forward gap
+        ("Australia/Lord_Howe", datetime(2024, 4, 7, 1, 45), 1, 10.5),  # a 30-minute DST shift
+        ("Asia/Kathmandu", datetime(2024, 6, 1, 12, 0, 0, 1), 0, 5.75),
+    ],
+)
+def test_datestring_round_trip_across_dst_keeps_the_instant_and_the_offset(
+    zone: str, wall_time: datetime, fold: int, offset_hours: float
+) -> None:
+    moment = wall_time.replace(tzinfo=ZoneInfo(zone), fold=fold)
+    assert moment.utcoffset() == timedelta(hours=offset_hours)
+    text = datetime_to_label_safe_datestring(moment)
+    assert is_label_value(text)
+    decoded = label_safe_datestring_to_datetime(text)
+    assert decoded.timestamp() == moment.timestamp()  # same instant, to the microsecond
+    assert decoded.utcoffset() == moment.utcoffset()
+    assert decoded.replace(tzinfo=None) == wall_time
 
 
 def test_bad_datestring_error_names_the_value_and_the_expected_form() -> None:

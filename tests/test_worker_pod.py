@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1Pod
 from kubernetes.client.exceptions import ApiException
 
-from bridge.config import OPTIONS, KubeConfig, PodTemplateError
+from bridge.config import OPTIONS, POD_BUILDER, KubeConfig, PodTemplateError
 from bridge.executor_config import KubernetesExecutorConfig, parse_executor_config
 from bridge.task_key import TaskKey
 from bridge.worker_pod import (
@@ -31,6 +31,7 @@ from bridge.worker_pod import (
     instance_selector,
     reconcile_pods,
 )
+from tests.test_config import SAMPLE_VALUES, sample_files, sample_settings
 
 Pod = dict[str, Any]
 KEY = TaskKey("etl", "load", "manual__2026-01-01T00:00:00+00:00", 2, -1)
@@ -186,37 +187,27 @@ CONFIG_CASES: list[tuple[str, dict[str, dict[str, str]], Getter, Any]] = [
     ),
     ("key_prefix", {"bridge": {"key_prefix": "blue"}}, in_meta("labels", INSTANCE_LABEL), "blue"),
 ]
-# Options that configure the client, the watcher or clean-up, not the pod; pod_template_file has its own
-# tests below and worker_container_tag is covered by the worker_container_repository case.
-NOT_POD_SHAPING = {
-    "delete_worker_pods",
-    "delete_worker_pods_on_failure",
-    "worker_pods_pending_timeout",
-    "worker_pod_pending_fatal_container_state_reasons",
-    "task_publish_max_retries",
-    "in_cluster",
-    "cluster_context",
-    "config_file",
-    "verify_ssl",
-    "ssl_ca_cert",
-    "kube_client_request_args",
-    "delete_option_kwargs",
-    "request_timeout_seconds",
-    "watch_timeout_seconds",
-    "enable_tcp_keepalive",
-    "tcp_keep_idle",
-    "tcp_keep_intvl",
-    "tcp_keep_cnt",
-    "pod_template_file",
-    "worker_container_tag",
+# The options the table says the pod builder reads; pod_template_file has its own tests below and
+# worker_container_tag is covered by the worker_container_repository case.
+POD_SHAPING = {option.key for option in OPTIONS if POD_BUILDER in option.read_by}
+FREE_FORM = {
+    "kubernetes_labels",
+    "kubernetes_annotations",
+    "kubernetes_node_selectors",
+    "kubernetes_environment_variables",
+    "kubernetes_secrets",
 }
 
 
 def test_every_pod_shaping_option_has_a_case() -> None:
-    pod_options = {option.key for option in OPTIONS if option.section == "kubernetes"} - NOT_POD_SHAPING
-    free_form = {"kubernetes_labels", "kubernetes_annotations", "kubernetes_node_selectors"}
-    free_form |= {"kubernetes_environment_variables", "kubernetes_secrets"}
-    assert pod_options | free_form | {"key_prefix"} == {case[0] for case in CONFIG_CASES}
+    covered = POD_SHAPING - {"pod_template_file", "worker_container_tag"} | FREE_FORM
+    assert covered == {case[0] for case in CONFIG_CASES}
+
+
+@pytest.mark.parametrize("key", sorted(set(SAMPLE_VALUES) - POD_SHAPING))
+def test_options_the_pod_builder_does_not_read_leave_the_pod_alone(key: str, tmp_path: Path) -> None:
+    settings = sample_settings(key, sample_files(tmp_path))
+    assert build(config=kube_config(**settings)) == build()
 
 
 @pytest.mark.parametrize(
@@ -390,6 +381,67 @@ def test_task_template_replaces_the_configured_template(tmp_path: Path) -> None:
     assert pod["spec"]["priorityClassName"] == "gpu"
     assert "from-template" not in pod["metadata"]["labels"]
     assert [c["name"] for c in pod["spec"]["containers"]] == ["base"]
+
+
+TASK_TEMPLATE: Pod = {
+    "metadata": {"labels": {"layer": "task-template", "only-task-template": "yes"}},
+    "spec": {
+        "containers": [
+            {
+                "name": "base",
+                "image": "example.com/task-template:1",
+                "imagePullPolicy": "Always",
+                "env": [{"name": "LAYER", "value": "task-template"}],
+                "resources": {"limits": {"cpu": "4", "memory": "4Gi"}},
+            }
+        ],
+        "nodeSelector": {"pool": "task-template"},
+    },
+}
+
+
+def test_merge_order_with_a_task_template_then_legacy_settings(tmp_path: Path, api_client: ApiClient) -> None:
+    task_template = write_template(tmp_path, TASK_TEMPLATE, "task.yaml")
+    config = kube_config(
+        kubernetes={"pod_template_file": write_template(tmp_path, TEMPLATE)},
+        kubernetes_environment_variables={"LAYER": "config"},
+    )
+    legacy = {"image": "example.com/legacy:2", "limit_cpu": "2", "labels": {"layer": "legacy"}}
+    pod = build({"pod_template_file": task_template, "KubernetesExecutor": legacy}, config=config)
+    assert "from-template" not in pod["metadata"]["labels"], "the task's template replaces the configured one"
+    assert pod["metadata"]["labels"]["only-task-template"] == "yes"
+    assert pod["metadata"]["labels"]["layer"] == "legacy"
+    assert base(pod)["image"] == "example.com/legacy:2"
+    assert base(pod)["imagePullPolicy"] == "Always", "unset in config and legacy: the template's is kept"
+    assert env_of(pod)["LAYER"]["value"] == "config", "the configuration comes after the template"
+    assert base(pod)["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}
+    assert pod["spec"]["nodeSelector"] == {"pool": "task-template"}
+    assert_valid(pod, api_client)
+
+
+def test_merge_order_with_a_task_template_then_pod_override(tmp_path: Path, api_client: ApiClient) -> None:
+    task_template = write_template(tmp_path, TASK_TEMPLATE, "task.yaml")
+    config = kube_config(
+        kubernetes={"worker_container_image_pull_policy": "IfNotPresent"},
+        kubernetes_node_selectors={"pool": "config"},
+    )
+    override = {
+        "metadata": {"labels": {"layer": "override"}},
+        "spec": {
+            "containers": [{"name": "base", "env": [{"name": "LAYER", "value": "override"}]}],
+            "nodeSelector": {"pool": "override"},
+        },
+    }
+    pod = build({"pod_template_file": task_template, "pod_override": override}, config=config)
+    assert pod["metadata"]["labels"]["layer"] == "override"
+    assert env_of(pod)["LAYER"]["value"] == "override"
+    assert pod["spec"]["nodeSelector"] == {"pool": "override"}
+    assert base(pod)["imagePullPolicy"] == "IfNotPresent", "a configured policy beats the template's"
+    assert base(pod)["image"] == "apache/airflow:3.0.2", (
+        "as in Airflow, a configured image beats a template's"
+    )
+    assert base(pod)["resources"] == {"limits": {"cpu": "4", "memory": "4Gi"}}
+    assert_valid(pod, api_client)
 
 
 def test_template_first_container_is_the_base_one_and_server_fields_are_dropped(
