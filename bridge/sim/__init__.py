@@ -7,7 +7,8 @@ real cluster writes. Production code never imports this package; tests, the demo
 ``kbridge sim`` do.
 
 Modules: ``store`` (objects, resourceVersions, events), ``validation`` and ``selectors`` (admission and
-filtering rules), ``api`` (the HTTP server), ``logs`` (container logs), ``faults`` (injected errors),
-``profiles`` (latencies), ``kubeconfig``; ``scheduler`` and ``kubelet`` (the pod lifecycle), ``cluster``
-(everything wired: :class:`bridge.sim.cluster.Simulator`), ``cli`` (``kbridge sim``) and ``bench``.
+filtering rules), ``patch`` (the PATCH dialects), ``api`` (the HTTP server), ``logs`` (container logs),
+``faults`` (injected errors), ``profiles`` (latencies), ``kubeconfig``; ``scheduler`` and ``kubelet`` (the
+pod lifecycle), ``cluster`` (everything wired: :class:`bridge.sim.cluster.Simulator`), ``cli``
+(``kbridge sim``, also ``python -m bridge.sim``) and ``bench``. User guide: ``docs/simulator.md``.
 """

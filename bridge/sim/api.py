@@ -30,6 +30,7 @@ import yaml
 from bridge.sim import validation
 from bridge.sim.faults import Fault, FaultError, Faults
 from bridge.sim.logs import LogStore
+from bridge.sim.patch import MEDIA_TYPES, apply_patch
 from bridge.sim.profiles import Latency, Profile
 from bridge.sim.store import (
     CLUSTER_SCOPED,
@@ -39,7 +40,9 @@ from bridge.sim.store import (
     Watch,
     WatchEvent,
     bad_request,
+    expired,
     invalid,
+    parse_resource_version,
     stale_write,
     too_large_resource_version,
 )
@@ -57,25 +60,6 @@ _ROUTES = (
 _TOO_MANY_REQUESTS = b"Too many requests, please try again later.\n"
 _PLAIN_TEXT = "text/plain; charset=utf-8"
 _HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
-_PATCH_TYPES = {
-    "application/json-patch+json": "json",
-    "application/merge-patch+json": "merge",
-    "application/strategic-merge-patch+json": "strategic",
-    "application/apply-patch+yaml": "apply",
-}
-# Lists that strategic-merge-patch merges element by element (by this key) instead of replacing.
-_MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "ephemeralContainers": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-    "env": "name",
-    "ports": "containerPort",
-    "conditions": "type",
-    "containerStatuses": "name",
-    "initContainerStatuses": "name",
-}
 # The Status reasons kube-apiserver uses for these codes (metav1.StatusReason).
 _STATUS_REASONS = {
     400: "BadRequest",
@@ -90,7 +74,11 @@ _STATUS_REASONS = {
     504: "Timeout",
 }
 _MAX_WATCH_TIMEOUT_S = 3600.0
-_STREAM_DRAIN_S = 2.0  # how long stop() lets open streams finish before it cuts their connections
+_MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's default request body limit
+_READ_PIECE_BYTES = 65_536  # the largest single read: a chunk-size line, a trailer, a piece of a body
+_MAX_DISCARDED_BYTES = 64 * 1024 * 1024  # an oversized body up to this is read and dropped, beyond it cut
+_FAULT_EXAMPLE = '{"verb": "create", "status": 503}'
+_DRAIN_S = 2.0  # how long stop() lets requests in flight finish before it cuts their connections
 _SHUTDOWN_POLL_S = 0.02  # how often serve_forever checks for stop(): the teardown cost of every test
 _VERSION_INFO = {
     "major": "1",
@@ -309,8 +297,8 @@ class ApiServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._watches: set[Watch] = set()
-        self._open_streams = 0  # watch and log-follow responses in progress
-        self._streams_changed = threading.Condition()
+        self._requests_in_flight = 0  # watches and log follows included
+        self._in_flight_changed = threading.Condition()
 
     @property
     def url(self) -> str:
@@ -333,17 +321,21 @@ class ApiServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Close the listener, end open watch and log-follow streams, and drop idle keep-alive connections."""
+        """Stop serving: end open watches and log follows, let requests in flight finish, drop connections.
+
+        Profile delays are cut short, so a request in flight is answered at once and every stream ends with
+        its terminating chunk: a clean end for the client rather than a broken connection.
+        """
         if self._httpd is None:
             return
         self._stopping.set()
         self._httpd.shutdown()
-        with self._streams_changed:
+        with self._in_flight_changed:
             watches = list(self._watches)
         for watch in watches:
             watch.close()
-        with self._streams_changed:  # let them write their terminating chunk: a clean end for the client
-            self._streams_changed.wait_for(lambda: self._open_streams == 0, timeout=_STREAM_DRAIN_S)
+        with self._in_flight_changed:  # let every request finish, streams with their terminating chunk
+            self._in_flight_changed.wait_for(lambda: self._requests_in_flight == 0, timeout=_DRAIN_S)
         with self._httpd.connections_lock:
             connections = list(self._httpd.connections)
         for connection in connections:
@@ -358,6 +350,10 @@ class ApiServer:
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         """Answer one request; every failure becomes a Status response, never a traceback."""
+        with self._in_flight():
+            self._answer(handler)
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
         try:
             request = _Request(handler, _read_body(handler))
             if request.path.startswith("/_sim/"):
@@ -501,11 +497,14 @@ class ApiServer:
     ) -> dict[str, Any]:
         policy = request.query.get("propagationPolicy") or options.get("propagationPolicy")
         if policy is not None and policy not in ("Foreground", "Background", "Orphan"):
-            raise ApiError(
-                422,
-                "Invalid",
-                f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "{policy}": '
-                'supported values: "Foreground", "Background", "Orphan"',
+            raise _invalid_delete_options(
+                f'propagationPolicy: Unsupported value: "{policy}": '
+                'supported values: "Foreground", "Background", "Orphan"'
+            )
+        if policy is not None and ("orphanDependents" in request.query or "orphanDependents" in options):
+            raise _invalid_delete_options(
+                f'propagationPolicy: Invalid value: "{policy}": '
+                "orphanDependents and deletionPropagation cannot be both set"
             )
         grace = request.integer("gracePeriodSeconds")
         if grace is None and options.get("gracePeriodSeconds") is not None:
@@ -528,13 +527,13 @@ class ApiServer:
         """PUT or PATCH of an object or its status; (HTTP code, resulting object)."""
         patch_type = None
         if verb == "patch":
-            patch_type = _PATCH_TYPES.get(request.content_type)
+            patch_type = MEDIA_TYPES.get(request.content_type)
             if patch_type is None:
                 raise ApiError(
                     415,
                     "UnsupportedMediaType",
                     f"the body of the request was in an unknown format - accepted media types include: "
-                    f'{", ".join(_PATCH_TYPES)} (got "{request.content_type}")',
+                    f'{", ".join(MEDIA_TYPES)} (got "{request.content_type}")',
                 )
             if patch_type == "apply" and not request.query.get("fieldManager"):
                 raise ApiError(
@@ -566,7 +565,7 @@ class ApiServer:
         def compute(current: dict[str, Any]) -> dict[str, Any]:
             if patch_type is None:
                 return dict(document)
-            return _apply_patch(patch_type, current, document)
+            return apply_patch(patch_type, current, document)
 
         updated = self.store.update(
             resource,
@@ -584,7 +583,7 @@ class ApiServer:
         _check_list_options(query, continue_token, watch=False)
         requested = query.get("resourceVersion") or ""
         if requested not in ("", "0") and continue_token is None:
-            revision = _numeric_resource_version(requested)
+            revision = parse_resource_version(requested)
             current = int(self.store.resource_version)
             if revision > current:
                 raise too_large_resource_version(revision, current)
@@ -592,7 +591,7 @@ class ApiServer:
                 limit and query.get("resourceVersionMatch") is None
             )
             if exact and revision < current:
-                raise ApiError(410, "Expired", "The resourceVersion for the provided list is too old.")
+                raise expired("The resourceVersion for the provided list is too old.")
         page = self.store.list_json(
             resource,
             namespace,
@@ -627,17 +626,13 @@ class ApiServer:
             self._apply_fault(request, fault, resource, None)
             return
         if fault is not None and fault.action == "expire" and fault.form == "http":
-            raise ApiError(410, "Expired", "The resourceVersion for the provided watch is too old.")
+            raise expired("The resourceVersion for the provided watch is too old.")
         handler = request.handler
         error_status: dict[str, Any] | None = None
         watch: Watch | None = None
         if fault is not None and fault.action == "expire":
-            error_status = ApiError(
-                410,
-                "Expired",
-                f"too old resource version: {query.get('resourceVersion', '')} "
-                f"({self.store.resource_version})",
-            ).status()
+            requested, current = query.get("resourceVersion", ""), self.store.resource_version
+            error_status = expired(f"too old resource version: {requested} ({current})").status()
         else:
             try:
                 watch = self.store.watch(
@@ -662,16 +657,17 @@ class ApiServer:
                 _write_chunk(handler, b'{"type":"ERROR","object":' + _dumps(error_status).encode() + b"}\n")
                 _write_chunk(handler, b"")
                 return
-            with self._streaming():
-                with self._streams_changed:
-                    self._watches.add(watch)
-                self._stream_events(handler, watch, timeout_s, bookmarks, fault)
+            with self._in_flight_changed:
+                self._watches.add(watch)
+                if self._stopping.is_set():  # stop() already closed the watches it knew of
+                    watch.close()
+            self._stream_events(handler, watch, timeout_s, bookmarks, fault)
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
         finally:
             if watch is not None:
                 watch.close()
-                with self._streams_changed:
+                with self._in_flight_changed:
                     self._watches.discard(watch)
 
     def _stream_events(
@@ -774,40 +770,39 @@ class ApiServer:
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         left = limit
-        with self._streaming():
-            try:
-                chunks = self.logs.follow(
-                    namespace,
-                    name,
-                    container,
-                    tail_lines=tail,
-                    since_seconds=since,
-                    timestamps=timestamps,
-                    stop=self._stopping,
-                )
-                for chunk in chunks:
-                    piece = chunk if left is None else chunk[:left]
-                    if piece:
-                        _write_chunk(handler, piece)
-                    if left is not None:
-                        left -= len(piece)
-                        if left == 0:
-                            break
-                _write_chunk(handler, b"")
-            except (BrokenPipeError, ConnectionResetError):
-                handler.close_connection = True
+        try:
+            chunks = self.logs.follow(
+                namespace,
+                name,
+                container,
+                tail_lines=tail,
+                since_seconds=since,
+                timestamps=timestamps,
+                stop=self._stopping,
+            )
+            for chunk in chunks:
+                piece = chunk if left is None else chunk[:left]
+                if piece:
+                    _write_chunk(handler, piece)
+                if left is not None:
+                    left -= len(piece)
+                    if left == 0:
+                        break
+            _write_chunk(handler, b"")
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True
 
     @contextlib.contextmanager
-    def _streaming(self) -> Iterator[None]:
-        """Count an open streaming response, so that stop() can wait for it to end cleanly."""
-        with self._streams_changed:
-            self._open_streams += 1
+    def _in_flight(self) -> Iterator[None]:
+        """Count a request being answered, so that stop() can let it finish (streams end at stop)."""
+        with self._in_flight_changed:
+            self._requests_in_flight += 1
         try:
             yield
         finally:
-            with self._streams_changed:
-                self._open_streams -= 1
-                self._streams_changed.notify_all()
+            with self._in_flight_changed:
+                self._requests_in_flight -= 1
+                self._in_flight_changed.notify_all()
 
     # ---- admin, discovery, faults -------------------------------------------------------------------
 
@@ -817,8 +812,12 @@ class ApiServer:
             active = [fault.to_json() for fault in self.faults.active()]
             self._send_json(handler, 200, _dumps({"faults": active}).encode())
         elif request.path == "/_sim/faults" and request.method == "POST":
+            try:  # JSON whatever the Content-Type says: plain `curl -d` sends form-urlencoded
+                document = json.loads(request.body or b"null")
+            except ValueError as error:
+                raise bad_request(f"a fault must be JSON, such as {_FAULT_EXAMPLE}: {error}") from None
             try:
-                fault = self.faults.inject_json(request.json_body())
+                fault = self.faults.inject_json(document)
             except FaultError as error:
                 raise bad_request(str(error)) from None
             self._send_json(handler, 201, _dumps(fault.to_json()).encode())
@@ -916,12 +915,59 @@ class ApiServer:
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The request body, by Content-Length or chunked (``curl -T``); a bad framing ends the connection."""
+    if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
+        return _read_chunked_body(handler)
     text = handler.headers.get("Content-Length") or "0"
     if not text.isdigit():
         handler.close_connection = True  # the request boundary is unknown: this connection is unusable
         raise bad_request(f"Content-Length: Invalid value: {text!r}: must be a non-negative integer")
     length = int(text)
+    if length > _MAX_BODY_BYTES:
+        if length <= _MAX_DISCARDED_BYTES:  # read it away: closing on unread data would reset the answer
+            _discard(handler, length)
+        else:
+            handler.close_connection = True
+        raise _too_large(length)
     return handler.rfile.read(length) if length else b""
+
+
+def _discard(handler: BaseHTTPRequestHandler, length: int) -> None:
+    while length > 0:
+        piece = handler.rfile.read(min(length, _READ_PIECE_BYTES))
+        if not piece:
+            return
+        length -= len(piece)
+
+
+def _read_chunked_body(handler: BaseHTTPRequestHandler) -> bytes:
+    body = bytearray()
+    while True:
+        size_line = handler.rfile.readline(_READ_PIECE_BYTES).split(b";")[0].strip()
+        try:
+            size = int(size_line, 16)
+        except ValueError:
+            handler.close_connection = True
+            raise bad_request(
+                f"Transfer-Encoding: chunked: chunk size {size_line!r} is not hexadecimal"
+            ) from None
+        if size == 0:
+            while handler.rfile.readline(_READ_PIECE_BYTES).strip():
+                pass  # trailer fields, up to the blank line
+            return bytes(body)
+        if len(body) + size > _MAX_BODY_BYTES:
+            handler.close_connection = True
+            raise _too_large(len(body) + size)
+        body += handler.rfile.read(size)
+        handler.rfile.readline(_READ_PIECE_BYTES)  # the CRLF after the chunk
+
+
+def _too_large(size: int) -> ApiError:
+    return ApiError(
+        413,
+        "RequestEntityTooLarge",
+        f"Request entity too large: limit is {_MAX_BODY_BYTES} bytes, the request has at least {size}",
+    )
 
 
 def _phrase(code: int) -> str:
@@ -994,21 +1040,16 @@ def _check_list_options(query: dict[str, str], continue_token: str | None, *, wa
         raise bad_request("specifying resource version is not allowed when using continue")
 
 
+def _invalid_delete_options(detail: str) -> ApiError:
+    return ApiError(
+        422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: {detail}', {"kind": "DeleteOptions"}
+    )
+
+
 def _invalid_options(detail: str) -> ApiError:
     return ApiError(
         422, "Invalid", f'ListOptions.meta.k8s.io "" is invalid: {detail}', {"kind": "ListOptions"}
     )
-
-
-def _numeric_resource_version(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ApiError(
-            500,
-            "InternalError",
-            f'resourceVersion: Invalid value: "{text}": strconv.ParseUint: parsing "{text}": invalid syntax',
-        ) from None
 
 
 def _replace(
@@ -1056,153 +1097,6 @@ def _replace(
         raise invalid(resource, name, errors)
     current.clear()
     current.update(wanted)
-
-
-# ---- patches ----------------------------------------------------------------------------------------
-
-
-def _apply_patch(patch_type: str, current: dict[str, Any], patch: Any) -> dict[str, Any]:
-    if patch_type == "json":
-        if not isinstance(patch, list):
-            raise bad_request("a JSON patch (application/json-patch+json) must be a list of operations")
-        return _json_patch(current, patch)
-    if not isinstance(patch, dict):
-        raise bad_request(f"a {patch_type} patch must be a JSON object")
-    # Server-side apply is approximated by a strategic merge (no field ownership, no conflicts).
-    result = _merge(current, patch) if patch_type == "merge" else _strategic_merge(current, patch)
-    assert isinstance(result, dict)
-    return result
-
-
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge recursively, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge(result.get(key), value)
-    return result
-
-
-def _strategic_merge(target: Any, patch: Any, key: str | None = None) -> Any:
-    """Strategic merge patch: like a merge patch, but known lists merge element-wise by their merge key."""
-    if isinstance(patch, dict):
-        if patch.get("$patch") == "replace":
-            return {k: v for k, v in patch.items() if k != "$patch"}
-        if patch.get("$patch") == "delete":
-            return None
-        result = dict(target) if isinstance(target, dict) else {}
-        for field, value in patch.items():
-            if field.startswith("$"):
-                continue  # directives such as $setElementOrder only affect ordering
-            if value is None:
-                result.pop(field, None)
-            else:
-                result[field] = _strategic_merge(result.get(field), value, field)
-        return result
-    merge_key = _MERGE_KEYS.get(key or "")
-    if isinstance(patch, list) and merge_key and isinstance(target, list):
-        merged = list(target)
-        for item in patch:
-            if not isinstance(item, dict) or merge_key not in item:
-                raise bad_request(
-                    f"strategic merge patch: every element of {key} needs its merge key {merge_key!r}"
-                )
-            index = next((i for i, old in enumerate(merged) if old.get(merge_key) == item[merge_key]), None)
-            if item.get("$patch") == "delete":
-                if index is not None:
-                    del merged[index]
-            elif index is None:
-                merged.append({k: v for k, v in item.items() if not k.startswith("$")})
-            else:
-                merged[index] = _strategic_merge(merged[index], item)
-        return merged
-    return patch
-
-
-def _json_patch(document: dict[str, Any], operations: list[Any]) -> dict[str, Any]:
-    """RFC 6902 JSON patch (add, remove, replace, move, copy, test)."""
-    result: Any = json.loads(_dumps(document))
-    for number, operation in enumerate(operations):
-        if not isinstance(operation, dict) or "op" not in operation or "path" not in operation:
-            raise bad_request(f"json patch operation {number} must be an object with 'op' and 'path'")
-        op, path = operation["op"], operation["path"]
-        try:
-            if op == "test":
-                if _pointer_get(result, path) != operation.get("value"):
-                    raise ApiError(
-                        422,
-                        "Invalid",
-                        f"the server rejected our request due to an error in our "
-                        f"request: json patch test operation {number} failed at {path}",
-                    )
-            elif op == "remove":
-                _pointer_remove(result, path)
-            elif op in ("add", "replace"):
-                if op == "replace":
-                    _pointer_get(result, path)
-                result = _pointer_add(result, path, operation.get("value"), replace=op == "replace")
-            elif op in ("move", "copy"):
-                value = _pointer_get(result, operation.get("from", ""))
-                if op == "move":
-                    _pointer_remove(result, operation["from"])
-                result = _pointer_add(result, path, json.loads(_dumps(value)), replace=False)
-            else:
-                raise bad_request(f"json patch operation {number}: unknown op {op!r}")
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise ApiError(
-                422, "Invalid", f"json patch operation {number} ({op} {path}): the path does not exist"
-            ) from None
-    if not isinstance(result, dict):
-        raise bad_request("a json patch must leave an object")
-    return result
-
-
-def _pointer_parts(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise ValueError(path)
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def _pointer_get(document: Any, path: str) -> Any:
-    for part in _pointer_parts(path):
-        document = document[int(part)] if isinstance(document, list) else document[part]
-    return document
-
-
-def _pointer_add(document: Any, path: str, value: Any, *, replace: bool) -> Any:
-    parts = _pointer_parts(path)
-    if not parts:
-        return value
-    parent = _pointer_get(
-        document, "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts[:-1])
-    )
-    last = parts[-1]
-    if isinstance(parent, list):
-        index = len(parent) if last == "-" else int(last)
-        if replace:
-            parent[index] = value
-        elif 0 <= index <= len(parent):
-            parent.insert(index, value)
-        else:
-            raise IndexError(index)
-    else:
-        parent[last] = value
-    return document
-
-
-def _pointer_remove(document: Any, path: str) -> None:
-    parts = _pointer_parts(path)
-    parent = _pointer_get(
-        document, "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts[:-1])
-    )
-    last = parts[-1]
-    del parent[int(last) if isinstance(parent, list) else last]
 
 
 # ---- stream helpers ---------------------------------------------------------------------------------

@@ -5,9 +5,15 @@ simulator itself is not the bottleneck and its ``realistic`` profile behaves lik
 reports (it asserts nothing):
 
 * per-verb latency (create, get, list, patch, log, delete) and creates/s from one client thread, with the
-  ``instant`` profile, i.e. the cost of the HTTP round trip and the client itself;
+  ``instant`` profile and the scripted kubelet running every created pod to completion meanwhile;
 * create→Running and create→Succeeded latency of a batch of pods observed through a watch, with the
   ``realistic`` profile and the scripted kubelet, next to the 5 s pod-startup SLO.
+
+The simulator runs in its own process (``python -m bridge.sim``), as it does for the bridge's workers. In
+one process the client, the API server and the control loop would share one GIL, so every server step
+would queue behind the client's own model encoding/decoding and the kubelet's work on earlier pods, and
+creates/s would measure the benchmark's process rather than the server. The first calls (connection set-up,
+the client's lazy imports) are warm-up and are not counted.
 
 Run it with ``make bench`` or ``python -m bridge.sim.bench [--calls N] [--pods N]``.
 """
@@ -15,20 +21,26 @@ Run it with ``make bench`` or ``python -m bridge.sim.bench [--calls N] [--pods N
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from bridge.sim.cluster import Simulator
 from bridge.sim.kubelet import ANNOTATION_LOG, ANNOTATION_RUN_SECONDS
 
 NAMESPACE = "default"
 POD_STARTUP_SLO_S = 5.0  # p99, creation to running observed via watch (sig-scalability SLO)
 _LIFECYCLE_DEADLINE_S = 40  # the watch of the lifecycle batch gives up after this
 _LIST_CALLS_MAX = 50  # a list returns every pod, so the client's decoding dominates: a few calls suffice
+_WARM_UP_CALLS = 20
+_PODS_PER_NODE = 110  # the simulator's (and the kubelet's) default max pods per node
+_SERVER_START_S = 30.0
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -77,10 +89,48 @@ def _record_phases(core_v1: Any, since: str, names: set[str], seen: dict[str, di
             return
 
 
+@contextlib.contextmanager
+def served_simulator(*, profile: str, pods: int) -> Iterator[Any]:
+    """The CoreV1Api of a ``python -m bridge.sim`` process (scripted kubelet) with room for ``pods`` pods."""
+    from kubernetes import client, config
+
+    nodes = pods // _PODS_PER_NODE + 1
+    with tempfile.TemporaryDirectory(prefix="kbridge-bench-") as directory:
+        kubeconfig = Path(directory) / "kubeconfig.yaml"
+        command = [sys.executable, "-m", "bridge.sim", "--port", "0", "--kubeconfig", str(kubeconfig)]
+        command += ["--kubelet", "scripted", "--profile", profile, "--nodes", str(nodes)]
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            ready = threading.Timer(_SERVER_START_S, server.kill)  # readline must not wait forever
+            ready.start()
+            banner = server.stdout.readline()
+            ready.cancel()
+            if "serving" not in banner:
+                raise RuntimeError(f"the simulator did not start: {banner}{server.communicate()[1]}")
+            configuration = client.Configuration()
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig), client_configuration=configuration
+            )
+            with client.ApiClient(configuration) as api_client:
+                yield client.CoreV1Api(api_client)
+        finally:
+            server.terminate()
+            server.communicate(timeout=10)
+
+
+def _warm_up(core_v1: Any) -> None:
+    """Open the connection and load the client's models before anything is timed."""
+    for index in range(_WARM_UP_CALLS):
+        core_v1.create_namespaced_pod(NAMESPACE, _pod(f"warm-up-{index}", 0))
+        core_v1.read_namespaced_pod(f"warm-up-{index}", NAMESPACE)
+        core_v1.list_namespaced_pod(NAMESPACE, limit=1)
+
+
 def measure_verbs(calls: int) -> tuple[dict[str, list[float]], float]:
     """Latency samples per verb with the instant profile, and creates per second from one thread."""
-    with Simulator(profile="instant", kubelet="scripted", node_pods=calls + 10) as sim:
-        core_v1: Any = sim.core_v1()
+    with served_simulator(profile="instant", pods=calls + _WARM_UP_CALLS) as core_v1:
+        _warm_up(core_v1)
         names = [f"bench-{index}" for index in range(calls)]
         since = core_v1.list_namespaced_pod(NAMESPACE).metadata.resource_version
         samples = {
@@ -105,8 +155,7 @@ def measure_lifecycle(pods: int, run_seconds: float) -> dict[str, list[float]]:
     names = [f"life-{index}" for index in range(pods)]
     created: dict[str, float] = {}
     seen: dict[str, dict[str, float]] = {"Running": {}, "Succeeded": {}}
-    with Simulator(profile="realistic", kubelet="scripted", node_pods=pods + 10) as sim:
-        core_v1: Any = sim.core_v1()
+    with served_simulator(profile="realistic", pods=pods) as core_v1:
         since = core_v1.list_namespaced_pod(NAMESPACE).metadata.resource_version
         watcher = threading.Thread(
             target=_record_phases, args=(core_v1, since, set(names), seen), name="bench watch", daemon=True

@@ -53,6 +53,7 @@ class Fault:
     hits: int = field(default=0)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.verb not in VERBS and self.verb not in VERB_GROUPS:
             raise FaultError(f"fault verb {self.verb!r} is unknown: use one of {[*VERB_GROUPS, *VERBS]}")
         if self.action not in ACTIONS:
@@ -71,6 +72,16 @@ class Fault:
             raise FaultError(f"fault probability {self.probability} must be in (0, 1]")
         if self.after_events < 0:
             raise FaultError(f"fault afterEvents {self.after_events} must be >= 0")
+
+    def _check_types(self) -> None:
+        """JSON from the admin endpoint can hold anything: name the field before a comparison trips on it."""
+        for name, wanted, description, nullable in _FIELD_TYPES:
+            value = getattr(self, name)
+            if value is None and nullable:
+                continue
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                alternative = " or null" if nullable else ""
+                raise FaultError(f"fault {_CAMEL_CASE[name]} {value!r} must be {description}{alternative}")
 
     def applies_to(self, verb: str, resource: str) -> bool:
         verbs = VERB_GROUPS.get(self.verb, frozenset({self.verb}))
@@ -106,6 +117,19 @@ _JSON_FIELDS = {
     "count": "count",
     "probability": "probability",
 }
+_CAMEL_CASE = {python: camel for camel, python in _JSON_FIELDS.items()}
+# (field, accepted types, how the error message names them, may be null)
+_FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str, bool], ...] = (
+    ("verb", str, "a string", False),
+    ("action", str, "a string", False),
+    ("status", int, "a whole number", False),
+    ("retry_after", int, "a whole number of seconds", True),
+    ("resource", str, "a string", True),
+    ("after_events", int, "a whole number", False),
+    ("form", str, "a string", False),
+    ("count", int, "a whole number", True),
+    ("probability", (int, float), "a number", False),
+)
 
 
 class Faults:

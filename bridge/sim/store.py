@@ -27,7 +27,6 @@ from typing import Any
 from bridge.sim import validation
 from bridge.sim.selectors import Matcher, SelectorError, compile_filter
 
-Event = tuple[str, dict[str, Any]]  # ("ADDED"|"MODIFIED"|"DELETED", object deep copy)
 Listener = Callable[[str, dict[str, Any]], None]
 
 KINDS = {
@@ -210,7 +209,7 @@ class Watch:
         """Queue ``change`` if this watch sees it, turned into ADDED/DELETED when it crosses the selector."""
         if self.namespace is not None and change.namespace != self.namespace:
             return
-        event_type = change.type
+        event_type, object_json = change.type, change.stored.json
         if self._matcher is not None:
             matches_now = self._matcher(change.stored.obj)
             if change.type == "MODIFIED":
@@ -220,10 +219,15 @@ class Watch:
                 if not matched_before:
                     event_type = "ADDED"
                 elif not matches_now:
-                    event_type = "DELETED"
+                    # Like the watch cache: the last state the watcher was allowed to see, at the new RV.
+                    assert change.previous is not None
+                    event_type, object_json = (
+                        "DELETED",
+                        _restamped_json(change.previous, change.resource_version),
+                    )
             elif not matches_now:
                 return
-        self._queue.put(WatchEvent(event_type, change.stored.json, change.committed_at))
+        self._queue.put(WatchEvent(event_type, object_json, change.committed_at))
 
     def next(self, timeout: float) -> WatchEvent | None:
         """The next live event, or None after ``timeout`` seconds or once the watch is closed."""
@@ -528,7 +532,7 @@ class ObjectStore:
         turns it into an ERROR event).
         """
         matcher = self._matcher(resource, label_selector, field_selector)
-        since = _parse_resource_version(resource_version) if resource_version not in (None, "", "0") else None
+        since = parse_resource_version(resource_version) if resource_version not in (None, "", "0") else None
         watch = Watch(self, resource, namespace, matcher)
         with self._lock:
             watch.send_initial_events = bool(initial_state)
@@ -626,6 +630,12 @@ class ObjectStore:
             raise bad_request(str(error)) from None
 
 
+def _restamped_json(obj: dict[str, Any], resource_version: int) -> bytes:
+    """The JSON of ``obj`` with another resourceVersion (``obj`` itself is left alone)."""
+    metadata = {**obj["metadata"], "resourceVersion": str(resource_version)}
+    return _dumps({**obj, "metadata": metadata}).encode()
+
+
 def _generate_name(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_GENERATED_NAME_ALPHABET) for _ in range(5))
 
@@ -656,7 +666,8 @@ def _grace_period(resource: str, obj: dict[str, Any], requested: int | None) -> 
     return 1 if requested < 0 else requested
 
 
-def _parse_resource_version(text: str | None) -> int:
+def parse_resource_version(text: str | None) -> int:
+    """A resourceVersion as a number; a non-numeric one is the 500 the real storage layer answers."""
     try:
         return int(str(text))
     except ValueError:

@@ -51,6 +51,8 @@ def test_admin_endpoint_adds_lists_and_clears_faults(api_server: ApiServer) -> N
         ({"status": 200}, "status 200"),
         ({"probability": 0}, "probability"),
         ({"colour": "red"}, "colour"),
+        ({"status": "503"}, "fault status '503' must be a whole number"),
+        ({"count": 0.5}, "fault count 0.5 must be a whole number or null"),
         ([1, 2], "JSON object"),
     ],
 )
@@ -76,17 +78,21 @@ def test_429_on_post_fails_at_once_with_plain_text(
     assert core_v1.create_namespaced_pod("default", pod_manifest("p")).metadata.name == "p"  # used up
 
 
+@pytest.mark.parametrize("verb", ["get", "delete"])
 @pytest.mark.parametrize("status", [429, 503])
-def test_get_with_retry_after_is_retried_by_urllib3(
-    api_server: ApiServer, core_v1: Any, pod_manifest: PodManifest, status: int
+def test_get_and_delete_with_retry_after_are_retried_by_urllib3(
+    api_server: ApiServer, core_v1: Any, pod_manifest: PodManifest, status: int, verb: str
 ) -> None:
     core_v1.create_namespaced_pod("default", pod_manifest("p"))
-    fault = api_server.faults.inject(verb="get", status=status, retry_after=0, count=3)
-    assert core_v1.read_namespaced_pod("p", "default").metadata.name == "p"
+    call = core_v1.read_namespaced_pod if verb == "get" else core_v1.delete_namespaced_pod
+    fault = api_server.faults.inject(verb=verb, status=status, retry_after=0, count=3)
+    assert call("p", "default").metadata.name == "p"
     assert fault.hits == 3  # three failed attempts, the fourth (urllib3's last) succeeded
-    api_server.faults.inject(verb="get", status=status, retry_after=0, count=4)
+    if verb == "delete":
+        core_v1.create_namespaced_pod("default", pod_manifest("p"))
+    api_server.faults.inject(verb=verb, status=status, retry_after=0, count=4)
     with pytest.raises(client.ApiException) as caught:
-        core_v1.read_namespaced_pod("p", "default")
+        call("p", "default")
     assert caught.value.status == status
 
 
@@ -245,3 +251,56 @@ def test_max_inflight_throttles_the_request_beyond_the_cap(
         release.set()
         unsubscribe()
         server.stop()
+
+
+def test_watches_are_never_throttled_by_max_inflight(
+    api_server: ApiServer,
+    connect: Callable[[ApiServer], Any],
+    new_watch: Callable[[], Any],
+    pod_manifest: PodManifest,
+) -> None:
+    connect(api_server).create_namespaced_pod("default", pod_manifest("existing"))
+    slow_writes = dataclasses.replace(PROFILES["instant"], name="slow-writes", write=Latency(30.0, 30.0))
+    server = ApiServer(api_server.store, api_server.logs, profile=slow_writes, max_inflight=1)
+    server.start()
+    try:
+        core_v1 = connect(server)
+
+        created: list[Any] = []
+
+        def create_slowly() -> None:
+            """Sit in the 30 s write latency holding the only seat (stop() cuts the wait short)."""
+            while True:
+                try:
+                    created.append(core_v1.create_namespaced_pod("default", pod_manifest("slow")))
+                    return
+                except client.ApiException as error:
+                    if error.status != 429:  # 429: a probe below held the seat for a moment
+                        raise
+
+        writer = threading.Thread(target=create_slowly, daemon=True)
+        writer.start()
+        deadline = time.monotonic() + 5
+        while _raw_get_status(server) != 429:
+            assert time.monotonic() < deadline, "the slow create never took the seat"
+
+        stream = new_watch()
+        events = list(stream.stream(core_v1.list_namespaced_pod, "default", timeout_seconds=1))
+
+        assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "existing")]
+        assert _raw_get_status(server) == 429  # the seat was taken all along
+    finally:
+        server.stop()
+    writer.join(5)
+    assert [pod.metadata.name for pod in created] == ["slow"]  # stop() let the request in flight finish
+
+
+def _raw_get_status(server: ApiServer) -> int:
+    """The status of one plain GET (no urllib3 retries, which would sleep through a 429's Retry-After)."""
+    url = urlsplit(server.url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=5)
+    try:
+        connection.request("GET", "/api/v1/namespaces/default/pods/existing")
+        return connection.getresponse().status
+    finally:
+        connection.close()

@@ -408,12 +408,25 @@ def test_delete_preconditions(core_v1: Any, pod_manifest: PodManifest) -> None:
     assert core_v1.list_namespaced_pod("default").items == []
 
 
-def test_bad_propagation_policy_is_422(core_v1: Any, pod_manifest: PodManifest) -> None:
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"propagation_policy": "Everything"}, 'propagationPolicy: Unsupported value: "Everything"'),
+        (
+            {"propagation_policy": "Background", "orphan_dependents": True},
+            "orphanDependents and deletionPropagation cannot be both set",
+        ),
+    ],
+)
+def test_bad_delete_options_are_422_and_delete_nothing(
+    core_v1: Any, pod_manifest: PodManifest, options: dict[str, Any], complaint: str
+) -> None:
     core_v1.create_namespaced_pod("default", pod_manifest("p"))
     with pytest.raises(client.ApiException) as caught:
-        core_v1.delete_namespaced_pod("p", "default", propagation_policy="Everything")
+        core_v1.delete_namespaced_pod("p", "default", **options)
     assert caught.value.status == 422
-    assert "propagationPolicy" in _status(caught.value)["message"]
+    assert complaint in _status(caught.value)["message"]
+    assert core_v1.read_namespaced_pod("p", "default").metadata.deletion_timestamp is None
 
 
 def test_delete_collection_by_label(core_v1: Any, pod_manifest: PodManifest) -> None:

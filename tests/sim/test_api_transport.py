@@ -151,6 +151,28 @@ def test_keep_alive_requests_cost_well_under_nagle_delays(core_v1: Any, pod_mani
     assert mean_ms < 5, f"mean GET took {mean_ms:.2f} ms"
 
 
+def test_per_request_overhead_on_loopback_is_under_two_milliseconds(
+    api_server: ApiServer, core_v1: Any, pod_manifest: PodManifest
+) -> None:
+    """The server's share of a call (§7.12), measured without the official client's own encoding costs."""
+    core_v1.create_namespaced_pod("default", pod_manifest("timed"))
+    url = urlsplit(api_server.url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    durations = []
+    try:
+        for _ in range(300):  # one keep-alive connection, like the client's pool
+            started = time.perf_counter()
+            connection.request("GET", "/api/v1/namespaces/default/pods/timed")
+            response = connection.getresponse()
+            assert response.status == 200
+            response.read()
+            durations.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    median_ms = sorted(durations)[len(durations) // 2] * 1000
+    assert median_ms < 2, f"median GET round trip {median_ms:.2f} ms"
+
+
 def test_a_stopped_server_refuses_connections_and_restarts_on_the_same_port(
     api_server: ApiServer, core_v1: Any, pod_manifest: PodManifest
 ) -> None:
@@ -160,3 +182,30 @@ def test_a_stopped_server_refuses_connections_and_restarts_on_the_same_port(
         core_v1.list_namespaced_pod("default", _request_timeout=2)
     api_server.start()
     assert [pod.metadata.name for pod in core_v1.list_namespaced_pod("default").items] == ["survivor"]
+
+
+def test_a_chunked_body_is_read_and_the_connection_stays_in_step(
+    api_server: ApiServer, pod_manifest: PodManifest
+) -> None:
+    body = json.dumps(pod_manifest("chunky")).encode()
+    url = urlsplit(api_server.url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    try:  # what `curl -T` sends: no Content-Length, the body in chunks
+        connection.request(
+            "POST", "/api/v1/namespaces/default/pods", body=iter([body[:7], body[7:]]), encode_chunked=True
+        )
+        created = connection.getresponse()
+        assert (created.status, json.loads(created.read())["metadata"]["name"]) == (201, "chunky")
+        connection.request("GET", "/api/v1/namespaces/default/pods/chunky")  # same connection
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_a_body_over_the_apiserver_limit_is_413(api_server: ApiServer) -> None:
+    status, headers, payload = _raw(
+        api_server, "POST", "/api/v1/namespaces/default/configmaps", body=b" " * (3 * 1024 * 1024 + 1)
+    )
+    assert status == 413
+    assert json.loads(payload)["reason"] == "RequestEntityTooLarge"
+    assert "connection" not in headers  # the body was read away: the connection stays usable

@@ -35,14 +35,15 @@ def _name(event: dict[str, Any]) -> tuple[str, str]:
     return event["type"], event["object"].metadata.name
 
 
-def test_unset_resource_version_replays_state_then_goes_live(
-    new_watch: Callable[[], Any], core_v1: Any, pod_manifest: PodManifest
+@pytest.mark.parametrize("start", [{}, {"resource_version": "0"}], ids=["unset", "zero"])
+def test_unset_or_zero_resource_version_replays_state_then_goes_live(
+    new_watch: Callable[[], Any], core_v1: Any, pod_manifest: PodManifest, start: dict[str, str]
 ) -> None:
     core_v1.create_namespaced_pod("default", pod_manifest("b"))
     core_v1.create_namespaced_pod("default", pod_manifest("a"))
     stream = new_watch()
     seen = []
-    for event in stream.stream(core_v1.list_namespaced_pod, "default", timeout_seconds=5):
+    for event in stream.stream(core_v1.list_namespaced_pod, "default", timeout_seconds=5, **start):
         seen.append(_name(event))
         if len(seen) == 2:
             core_v1.create_namespaced_pod("default", pod_manifest("c"))
@@ -71,7 +72,9 @@ def test_selector_transitions_become_added_and_deleted(
     since = core_v1.create_namespaced_pod("default", pod_manifest("p")).metadata.resource_version
     core_v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"app": "x"}}})  # starts matching
     core_v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"tier": "1"}}})  # still matches
-    core_v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"app": None}}})  # stops matching
+    left = core_v1.patch_namespaced_pod(
+        "p", "default", {"metadata": {"labels": {"app": None}}}
+    )  # stops matching
     core_v1.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"tier": "2"}}})  # never seen
     core_v1.create_namespaced_pod("default", pod_manifest("q", labels={"app": "x"}))
     stream = new_watch()
@@ -86,6 +89,10 @@ def test_selector_transitions_become_added_and_deleted(
         ("DELETED", "p"),
         ("ADDED", "q"),
     ]
+    # The DELETED object is the last state that matched, stamped with the RV of the write that left.
+    gone = events[2]["object"]
+    assert gone.metadata.labels == {"app": "x", "tier": "1"}
+    assert gone.metadata.resource_version == left.metadata.resource_version
 
 
 def test_deleted_event_carries_a_new_resource_version(
@@ -324,6 +331,49 @@ def test_stopping_the_server_ends_open_watches(
     assert finished.wait(5), "the watch stream outlived the server"
     assert errors == []
     consumer.join(5)
+
+
+def test_stopping_the_server_while_a_watch_is_being_set_up_ends_it_cleanly(
+    new_watch: Callable[[], Any],
+    api_server: ApiServer,
+    core_v1: Any,
+    pod_manifest: PodManifest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shutdown race: a watch registered after stop() collected the open ones must still end."""
+    core_v1.create_namespaced_pod("default", pod_manifest("p"))
+    entered = threading.Event()
+    serving_thread = api_server._thread
+    assert serving_thread is not None
+    register = api_server.store.watch
+
+    def register_once_the_server_stopped_serving(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        serving_thread.join(5)  # stop() has shut the accept loop down and is closing the open watches
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(api_server.store, "watch", register_once_the_server_stopped_serving)
+    outcome: list[Any] = []
+
+    def consume() -> None:
+        try:
+            outcome.append(
+                list(new_watch().stream(core_v1.list_namespaced_pod, "default", timeout_seconds=60))
+            )
+        except Exception as error:  # reported below: the stream must end cleanly, not break
+            outcome.append(error)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    assert entered.wait(5)
+    started = time.monotonic()
+    api_server.stop()
+    consumer.join(5)
+
+    assert not consumer.is_alive(), "the watch stream outlived the server"
+    assert not isinstance(outcome[0], Exception), outcome
+    assert [event["object"].metadata.name for event in outcome[0]] == ["p"]
+    assert time.monotonic() - started < 1.5  # ended by stop(), not by the 2 s drain deadline
 
 
 def test_a_resource_version_from_the_future_is_a_504_error_event(

@@ -7,6 +7,7 @@ kubelet the real processes behind the pods.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -793,3 +794,43 @@ def test_the_scheduler_never_overcommits_and_leaves_pending_only_what_cannot_fit
             cpu, memory = wanted[pod.metadata.name]
             assert all(cpu + c > 2000 or memory + m > 2048 for c, m in used.values())
             assert pod.status.conditions[0].reason == "Unschedulable"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "blocked_reason", "log_complaint"),
+    [
+        (
+            pod_manifest(
+                "needs-secret",
+                command=python("print('never')"),
+                env=[{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "pw"}}}],
+            ),
+            "CreateContainerConfigError",
+            "is waiting to start: CreateContainerConfigError",
+        ),
+        (
+            pod_manifest(
+                "bad-image", command=python("print('never')"), image="registry.example/x/unpullable:1"
+            ),
+            "ImagePullBackOff",
+            "is waiting to start: trying and failing to pull image",
+        ),
+    ],
+)
+def test_the_process_kubelet_never_runs_a_container_it_could_not_create(
+    process_v1: Any, manifest: dict[str, Any], blocked_reason: str, log_complaint: str
+) -> None:
+    name = manifest["metadata"]["name"]
+    since = current_rv(process_v1)
+    process_v1.create_namespaced_pod(NAMESPACE, manifest)
+
+    events = watch_pod(process_v1, name, since, waiting_reason_is(blocked_reason))
+
+    assert waiting_reason(events[-1][1]) == blocked_reason
+    assert {pod.status.phase for _, pod in events} == {"Pending"}
+    with pytest.raises(client.ApiException) as caught:  # no process ran, so there is no log
+        process_v1.read_namespaced_pod_log(name, NAMESPACE)
+    assert caught.value.status == 400
+    assert (
+        json.loads(str(caught.value.body))["message"] == f'container "base" in pod "{name}" {log_complaint}'
+    )
