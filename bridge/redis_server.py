@@ -23,10 +23,13 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 # Never start on, or talk to, the machine's shared Redis port.
 RESERVED_PORT = 6379
 _START_TIMEOUT_S = 15.0
+_LOG_FILE = "server.log"
 
 
 class RedisServerError(RuntimeError):
@@ -88,15 +91,25 @@ class RedisServer:
         """Start on a free port, or on the previous one after :meth:`stop` so clients can reconnect."""
         if self._process is not None:
             raise RedisServerError("server already running")
+        log_path = self.data_dir / _LOG_FILE
         for _attempt in range(5):
             if not self.port:
                 self.port = free_loopback_port()
-            self._process = subprocess.Popen(self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            log_start = log_path.stat().st_size if log_path.exists() else 0
+            # Early errors (bad flag, port taken) go to stderr before the log file opens: keep them there too.
+            with log_path.open("ab") as log:
+                self._process = subprocess.Popen(self._argv(), stdout=subprocess.DEVNULL, stderr=log)
             if self._wait_until_ready():
                 return self
             self._process = None
-            self.port = 0  # lost the race for the port: pick another one
-        raise RedisServerError(f"{self.binary} did not start; log in {self.data_dir / 'server.log'}")
+            with log_path.open("rb") as log:
+                log.seek(log_start)
+                output = log.read().decode(errors="replace").strip()
+            if "already in use" not in output:  # only a lost race for the port is worth another try
+                tail = " / ".join(output.splitlines()[-3:]) or "no output"
+                raise RedisServerError(f"{self.binary} did not start: {tail}")
+            self.port = 0
+        raise RedisServerError(f"{self.binary} did not start: no free port after 5 attempts")
 
     def stop(self, *, hard: bool = False) -> None:
         """Stop the server. ``hard`` is SIGKILL (a crash); otherwise SHUTDOWN, which flushes the AOF."""
@@ -112,8 +125,6 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
     def restart(self, *, hard: bool = False) -> None:
         """Stop and start again on the same port with the same data directory."""
@@ -139,7 +150,7 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
-            "--logfile", "server.log",
+            "--logfile", _LOG_FILE,
             "--appendonly", "yes",
             "--appendfsync", "always",  # a SIGKILL must not lose acknowledged writes
             "--save", "",
@@ -149,7 +160,9 @@ class RedisServer:
     def _wait_until_ready(self) -> bool:
         """Ping until the server answers; False when the process died first (e.g. the port was taken)."""
         assert self._process is not None
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        # No client retries: redis-py's default ones back off for seconds; this loop backs off briefly.
+        no_retry = Retry(NoBackoff(), retries=0)
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5, retry=no_retry)
         deadline = time.monotonic() + _START_TIMEOUT_S
         delay = 0.005
         try:

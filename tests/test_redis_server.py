@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 
-from bridge.redis_server import RESERVED_PORT, RedisServer, find_server_binary
+from bridge.redis_server import RESERVED_PORT, RedisServer, RedisServerError, find_server_binary
 
 
 def test_server_is_private_and_not_on_reserved_port(
@@ -52,3 +54,15 @@ def test_bundled_binary_used_without_redis_on_path(monkeypatch: pytest.MonkeyPat
         server.restart()
         assert server.client().get("k") == b"v"
         client.close()
+
+
+def test_a_server_that_cannot_start_reports_its_own_error(tmp_path: Path) -> None:
+    """A bad binary (here: one that rejects its arguments) fails fast with the server's words, no fd leak."""
+    fake = tmp_path / "fake-redis-server"
+    fake.write_text("#!/bin/sh\necho 'FATAL CONFIG FILE ERROR: bad directive' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    server = RedisServer(binary=str(fake), data_dir=tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(RedisServerError, match="FATAL CONFIG FILE ERROR"):
+        server.start()
+    assert not server.running
