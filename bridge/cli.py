@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
@@ -18,7 +19,9 @@ from bridge import __version__
 from bridge.errors import UserInputError
 
 COMMAND_GROUP = "kbridge.commands"
+DISTRIBUTION = "kube-redis-bridge"
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 1
 
 
 def _commands() -> dict[str, EntryPoint]:
@@ -29,12 +32,32 @@ def _summary(entry_point: EntryPoint) -> str:
     try:
         doc = entry_point.load().__doc__ or ""
     except ImportError as exc:  # an optional extra is missing: say so instead of failing `--help`
-        return f"(unavailable: {exc})"
+        return f"(unavailable: {_missing_dependency(entry_point, exc)})"
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _missing_dependency(entry_point: EntryPoint, exc: ImportError) -> str:
+    """What to install so that ``entry_point`` loads: its extra if it declares one, else the module."""
+    missing = f"the module {exc.name!r} is not installed" if exc.name else str(exc)
+    if entry_point.extras:
+        return f"{missing}; install it with: pip install '{DISTRIBUTION}[{','.join(entry_point.extras)}]'"
+    return f"{missing}; install the package that provides it with pip"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run one ``kbridge`` command; the exit status is 0 on success and 2 for a usage or input error."""
+    try:
+        status = _run(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # inside the try: a closed pipe (`kbridge config | head`) surfaces here
+    except BrokenPipeError:
+        # The reader went away. Point stdout at devnull so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _run(args: list[str]) -> int:
     commands = _commands()
     if not args or args[0] in ("-h", "--help"):
         width = max(map(len, commands), default=0)
@@ -53,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    command: Callable[[list[str]], int] = commands[name].load()
+    try:
+        command: Callable[[list[str]], int] = commands[name].load()
+    except ImportError as exc:
+        print(f"kbridge {name}: unavailable, {_missing_dependency(commands[name], exc)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return command(rest)
     except UserInputError as exc:
@@ -77,14 +104,9 @@ def config_main(argv: list[str]) -> int:
     if options.print_defaults:
         print(render_default_file(), end="")
         return 0
-    settings = load_config(options.config).as_dict()
+    config = load_config(options.config)
     if options.json:
-        print(json.dumps(settings, indent=2))
-        return 0
-    for section, values in settings.items():
-        print(f"[{section}]")
-        for key, value in values.items():
-            text = value if isinstance(value, str) else json.dumps(value)
-            print(f"{key} = {text}")
-        print()
+        print(json.dumps(config.as_dict(), indent=2))
+    else:  # an INI file that `kbridge config --config` loads back
+        print(config.as_ini(), end="")
     return 0

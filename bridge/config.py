@@ -13,7 +13,6 @@ Precedence, lowest first: the defaults in :data:`OPTIONS`, the INI file (``path`
 from __future__ import annotations
 
 import configparser
-import difflib
 import json
 import os
 import re
@@ -24,8 +23,6 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
-import yaml
-
 from bridge.errors import UserInputError
 from bridge.naming import (
     CONFIG_KEY_RULE,
@@ -34,6 +31,8 @@ from bridge.naming import (
     ENV_VAR_NAME_RULE,
     LABEL_VALUE_RULE,
     QUALIFIED_NAME_RULE,
+    check_known_keys,
+    did_you_mean,
     is_config_key,
     is_dns1123_label,
     is_dns1123_subdomain,
@@ -41,11 +40,17 @@ from bridge.naming import (
     is_qualified_name,
     is_valid_label_value,
 )
+from bridge.pod_template import (
+    AFFINITY_KEYS,
+    PodTemplateError,
+    check_affinity,
+    check_tolerations,
+    load_pod_template,
+)
 
 CONFIG_PATH_ENV = "KBRIDGE_CONFIG"
 ENV_PREFIX = "KBRIDGE__"
 REDACTED = "<redacted>"
-BASE_CONTAINER = "base"  # the container that runs the task, as in Airflow
 MIN_SIGNING_KEY_LENGTH = 32
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 # With the header, one 25-line terminal screen: past this, the remaining problems are only named.
@@ -53,6 +58,10 @@ MAX_ERROR_LINES = 24
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.:]*")
 _URL_PASSWORD_PARAMETER = re.compile(r"(?i)(^|&)(password=)[^&]*")
+# Plain environment variables named like these are refused: their values belong in a Secret.
+# Whole words of a variable name (split at "_", "-", "."), so TOKENIZER_MODEL is fine but API_TOKEN is not.
+_SECRET_NAME_WORDS = frozenset({"PASSWORD", "PASSWD", "SECRET", "TOKEN", "APIKEY", "CREDENTIALS"})
+_NAME_WORD_SEPARATOR = re.compile(r"[-_.]+")
 
 
 class Problem(NamedTuple):
@@ -66,8 +75,8 @@ class ConfigError(UserInputError):
     """The configuration has problems; ``problems`` holds one line per problem, naming the option.
 
     The message fits one terminal screen (:data:`MAX_ERROR_LINES` lines under its header): problems are
-    listed one per line while they fit, and past that the last lines name the options of the rest, so every
-    bad option is still mentioned.
+    listed one per line while they fit; past that, the last lines name the options of the rest, and when even
+    the names do not fit, the final line says how many more options were left unnamed.
     """
 
     def __init__(self, source: str, problems: Sequence[Problem]) -> None:
@@ -82,17 +91,26 @@ def _screenful(problems: Sequence[Problem]) -> list[str]:
     lines = [f"  - {problem.message}" for problem in problems]
     if len(lines) <= MAX_ERROR_LINES:
         return lines
-    for shown in range(MAX_ERROR_LINES - 1, -1, -1):
-        rest = problems[shown:]
-        summary = f"  - and {len(rest)} more, about: " + ", ".join(problem.subject for problem in rest)
-        overflow = textwrap.wrap(summary, width=100, subsequent_indent="    ")
-        if shown + len(overflow) <= MAX_ERROR_LINES:
-            break
-    return lines[:shown] + overflow[:MAX_ERROR_LINES]
+    for shown in range(MAX_ERROR_LINES - 1, 0, -1):
+        overflow = _overflow(problems[shown:], named=len(problems) - shown)
+        if len(overflow) <= MAX_ERROR_LINES - shown:
+            return lines[:shown] + overflow
+    # Not even the names of the rest fit: name as many as fit and count the others. A subject takes at
+    # least 5 characters with its separator, which bounds how many names can possibly fit.
+    rest = problems[1:]
+    named = min(len(rest), (MAX_ERROR_LINES - 1) * 100 // 5)
+    while len(overflow := _overflow(rest, named)) > MAX_ERROR_LINES - 1:
+        named -= 1  # named = 0 gives a single line, so this ends
+    return lines[:1] + overflow
 
 
-class PodTemplateError(UserInputError):
-    """A pod template file is not a usable pod; the message names where its path came from and the fix."""
+def _overflow(rest: Sequence[Problem], named: int) -> list[str]:
+    """``rest`` as wrapped lines naming the options of its first ``named`` problems, counting the others."""
+    subjects = [problem.subject for problem in rest[:named]]
+    if named < len(rest):
+        subjects.append(f"… and {len(rest) - named} more not named")
+    summary = f"  - and {len(rest)} more problems, in: " + ", ".join(subjects)
+    return textwrap.wrap(summary, width=100, subsequent_indent="    ")
 
 
 # --- value kinds ------------------------------------------------------------------------------------------
@@ -103,6 +121,7 @@ class PodTemplateError(UserInputError):
 class Kind:
     description: str
     parse: Callable[[str], Any]
+    is_json: bool = False  # the option's text is JSON, so its value is printed back as JSON
 
 
 def _expect(condition: bool, expected: str) -> None:
@@ -191,7 +210,21 @@ def _parse_secret_names(raw: str) -> list[str]:
     return names
 
 
+def _reject_placeholder(raw: str) -> None:
+    # `kbridge config` prints secrets as the placeholder: loading that output back must not use it as one.
+    _expect(
+        REDACTED not in raw,
+        f"{REDACTED} is the placeholder `kbridge config` prints instead of a secret; put the real one back",
+    )
+
+
+def _parse_secret(raw: str) -> str:
+    _reject_placeholder(raw)
+    return raw
+
+
 def _parse_redis_url(raw: str) -> str:
+    _reject_placeholder(raw)
     try:
         scheme = urlsplit(raw).scheme
     except ValueError:  # e.g. an unclosed "[" of an IPv6 host
@@ -225,11 +258,6 @@ def _json(raw: str, empty: object) -> Any:
         raise ValueError(f"expected JSON ({exc})") from None
 
 
-def _check_keys(obj: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    for key in obj:
-        _expect(key in allowed, f"unknown key {key!r} in {where}{did_you_mean(key, allowed)}")
-
-
 def _parse_json_object(raw: str) -> dict[str, Any]:
     value = _json(raw, {})
     _expect(isinstance(value, dict), f"expected a JSON object, got JSON {type(value).__name__}")
@@ -261,45 +289,12 @@ def _delete_option_keys() -> list[str]:
 def _parse_delete_options(raw: str) -> dict[str, Any]:
     value = _parse_json_object(raw)
     if value:
-        _check_keys(value, _delete_option_keys(), "V1DeleteOptions arguments (snake_case)")
-    return value
-
-
-AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
-TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
-
-
-def check_affinity(value: object) -> dict[str, Any]:
-    """``value`` if it is a pod affinity in API JSON, else ValueError saying what is expected.
-
-    Shared by ``[kubernetes] affinity`` and a task's executor_config, so both follow one rule.
-    """
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got JSON {type(value).__name__}")
-    _check_keys(value, AFFINITY_KEYS, "the affinity")
-    return value
-
-
-def check_tolerations(value: object) -> list[dict[str, Any]]:
-    """``value`` if it is a list of pod tolerations in API JSON, else ValueError saying what is expected."""
-    if not isinstance(value, list):
-        raise ValueError(f"expected a JSON list of toleration objects, got JSON {type(value).__name__}")
-    for index, toleration in enumerate(value):
-        where = f"toleration #{index}"
-        _expect(isinstance(toleration, dict), f"expected {where} to be a JSON object, got {toleration!r}")
-        _check_keys(toleration, TOLERATION_KEYS, where)
-        _expect(
-            toleration.get("operator", "Equal") in ("Equal", "Exists"),
-            f"expected {where} operator Equal or Exists",
-        )
-        _expect(
-            toleration.get("effect", "") in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"),
-            f"expected {where} effect NoSchedule, PreferNoSchedule or NoExecute",
-        )
+        check_known_keys("V1DeleteOptions arguments (snake_case)", value, _delete_option_keys())
     return value
 
 
 TEXT = Kind("string", _parse_text)
+SECRET = Kind("string", _parse_secret)
 BOOLEAN = Kind("true or false", _parse_boolean)
 DNS_LABEL = Kind("DNS-1123 label", _parse_dns_label)
 OBJECT_NAME = Kind("Kubernetes object name, or empty", _parse_optional_dns_subdomain)
@@ -310,11 +305,15 @@ REDIS_URL = Kind("redis://, rediss:// or unix:// URL", _parse_redis_url)
 QUEUE_NAME = Kind("name", _parse_queue_name)
 KEY_PREFIX = Kind("label value (1-63 chars)", _parse_key_prefix)
 AFFINITY = Kind(
-    "JSON object with keys among " + ", ".join(AFFINITY_KEYS), lambda raw: check_affinity(_json(raw, {}))
+    "JSON object with keys among " + ", ".join(AFFINITY_KEYS),
+    lambda raw: check_affinity(_json(raw, {})),
+    is_json=True,
 )
-TOLERATIONS = Kind("JSON list of toleration objects", lambda raw: check_tolerations(_json(raw, [])))
-DELETE_OPTIONS = Kind("JSON object of V1DeleteOptions arguments", _parse_delete_options)
-REQUEST_ARGS = Kind("JSON object of API call arguments", _parse_request_args)
+TOLERATIONS = Kind(
+    "JSON list of toleration objects", lambda raw: check_tolerations(_json(raw, [])), is_json=True
+)
+DELETE_OPTIONS = Kind("JSON object of V1DeleteOptions arguments", _parse_delete_options, is_json=True)
+REQUEST_ARGS = Kind("JSON object of API call arguments", _parse_request_args, is_json=True)
 UID = integer(0, 2**31 - 1, optional=True)
 PULL_POLICY = choice(*IMAGE_PULL_POLICIES, optional=True)
 
@@ -440,7 +439,7 @@ OPTIONS: tuple[Option, ...] = (
            (POD_BUILDER, *EVERY_PROCESS)),
     Option(BRIDGE, "result_stream", TEXT, "",
            "Redis stream of pod outcomes; empty means <key_prefix>:results.", (EXECUTOR, WATCHER)),
-    Option(BRIDGE, "signing_key", TEXT, "",
+    Option(BRIDGE, "signing_key", SECRET, "",
            "Secret that signs queued messages; prefer signing_key_file or $KBRIDGE__BRIDGE__SIGNING_KEY.",
            (EXECUTOR, DISPATCHER), secret=True),
     Option(BRIDGE, "signing_key_file", FILE_PATH, "", "File whose content (stripped) is the signing key.",
@@ -478,13 +477,32 @@ def _annotation_entry(key: str, value: str) -> str:
     return value
 
 
-def _env_entry(key: str, value: str) -> str:
+def _env_name(key: str) -> None:
     _expect(is_env_var_name(key), f"expected an environment variable name: {ENV_VAR_NAME_RULE}")
+
+
+def _looks_secret(name: str) -> bool:
+    upper = name.upper()
+    return (
+        not _SECRET_NAME_WORDS.isdisjoint(_NAME_WORD_SEPARATOR.split(upper))
+        or upper.endswith("_CONN")
+        or upper.startswith("AIRFLOW_CONN_")  # an Airflow connection URI, credentials included
+    )
+
+
+def _env_entry(key: str, value: str) -> str:
+    _env_name(key)
+    _expect(
+        not _looks_secret(key),
+        f"a variable named like a secret must not be a plain value (pod specs are readable by anyone who "
+        f"can list pods); put it in a Kubernetes Secret and move it to [kubernetes_secrets] as "
+        f"{key} = secret_name=key",
+    )
     return value
 
 
 def _secret_entry(key: str, value: str) -> SecretRef:
-    _env_entry(key, value)
+    _env_name(key)
     secret_name, separator, data_key = value.partition("=")
     _expect(
         bool(separator) and is_dns1123_subdomain(secret_name) and is_config_key(data_key),
@@ -509,7 +527,9 @@ FREE_FORM_SECTIONS: tuple[FreeFormSection, ...] = (
     ),
     FreeFormSection(
         "kubernetes_environment_variables", "variable name", "any text", "AIRFLOW__CORE__DEBUG = False",
-        "Plain environment variables of the worker container. Never put secrets here.", _env_entry,
+        "Plain environment variables of the worker container. Names with a word PASSWORD, SECRET, "
+        "TOKEN, APIKEY or CREDENTIALS, or ending in _CONN, are refused: put those in [kubernetes_secrets].",
+        _env_entry,
     ),
     FreeFormSection(
         "kubernetes_secrets", "variable name", "secret_name=key", "AIRFLOW__API__SECRET_KEY = airflow=key",
@@ -525,76 +545,18 @@ _OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 # --- messages -------------------------------------------------------------------------------------------
 
 
-def did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _shown(section: str, key: str, text: str) -> str:
+    """An option's text as it may be printed: redacted if the option is secret or a URL with a password.
+
+    Any case, and even a misspelt section, counts: ``{"Bridg": {"SIGNING_KEY": ...}}`` is still a key.
+    """
+    free_form = section.lower() in (free_form.name for free_form in FREE_FORM_SECTIONS)
+    option = None if free_form else _OPTIONS_BY_KEY.get(key.lower())
+    return option.shown(text) if option is not None else text
 
 
 def _shorten(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:77] + "...")
-
-
-# --- pod template files ---------------------------------------------------------------------------------
-
-
-def check_pod_shape(
-    obj: object, source: str, error: type[UserInputError] = PodTemplateError
-) -> dict[str, Any]:
-    """Return ``obj`` if it looks like an API-JSON pod (camelCase, as ``kubectl get pod -o yaml`` shows).
-
-    Raises ``error`` naming ``source`` otherwise. Empty YAML keys (``labels:`` with nothing after it) load
-    as None; they are dropped here, so that the pod builder only ever sees mappings and lists where the API
-    expects them.
-    """
-    fix = "expected a Pod in API form: kind: Pod, metadata: {...}, spec: {containers: [{name: base, ...}]}"
-    if not isinstance(obj, dict):
-        raise error(f"{source} is a {type(obj).__name__}, not a pod; {fix}")
-    if (obj.get("kind") or "Pod") != "Pod" or (obj.get("apiVersion") or "v1") != "v1":
-        raise error(f"{source} has kind {obj.get('kind')!r}, apiVersion {obj.get('apiVersion')!r}; {fix}")
-    shapes = (
-        (obj, "metadata", dict, "a mapping"),
-        (obj, "spec", dict, "a mapping"),
-        (obj.get("metadata"), "labels", dict, "a mapping"),
-        (obj.get("metadata"), "annotations", dict, "a mapping"),
-        (obj.get("spec"), "containers", list, "a list of mappings"),
-    )
-    for parent, field, kind, expected in shapes:
-        if not isinstance(parent, dict):
-            continue
-        if parent.get(field) is None:
-            parent.pop(field, None)
-        elif not isinstance(parent[field], kind):
-            raise error(f"{source} field {field!r} must be {expected}, got {parent[field]!r}; {fix}")
-    containers = obj.get("spec", {}).get("containers", [])
-    if not all(isinstance(container, dict) for container in containers):
-        raise error(f"{source} field 'containers' must be a list of mappings; {fix}")
-    return obj
-
-
-def load_pod_template(path: str | os.PathLike[str], source: str) -> dict[str, Any]:
-    """Read a YAML pod template; ``source`` names where the path came from, for the error message."""
-    where = f"{source} {os.fspath(path)!r}"
-    file_path = existing_file(path)
-    if file_path is None:
-        raise PodTemplateError(f"{where} is not an existing file; give the path of a YAML pod file")
-    try:
-        text = file_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PodTemplateError(
-            f"{where} cannot be read ({exc}); give the path of a UTF-8 YAML pod file"
-        ) from None
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PodTemplateError(f"{where} is not valid YAML: {exc}".replace("\n", " ")) from None
-    return check_pod_shape(obj, where)
-
-
-def base_container(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The container that runs the task: the one named ``base``, else the first (Airflow's rule)."""
-    containers: list[dict[str, Any]] = pod.get("spec", {}).get("containers", [])
-    named = [container for container in containers if container.get("name") == BASE_CONTAINER]
-    return next(iter(named or containers), None)
 
 
 # --- loading ----------------------------------------------------------------------------------------------
@@ -783,8 +745,10 @@ class KubeConfig:
                 if isinstance(text, str):
                     raw.set(section, key, text, source)
                 else:  # as in a file, every value is text: 50000 must be given as "50000"
+                    shown = _shown(section, key, str(text))
                     raw.problem(
-                        raw.subject(section, key), f"expected text, got {text!r}; quote it: {str(text)!r}"
+                        raw.subject(section, key),
+                        f"expected text, got {type(text).__name__} {shown}; quote it: {_shorten(shown)}",
                     )
         self._load(raw)
 
@@ -806,10 +770,8 @@ class KubeConfig:
         self._validate()
 
     def _problem(self, section: str, key: str, text: str, expected: str) -> Problem:
-        option = _OPTIONS_BY_KEY.get(key) if section in _FIXED_SECTIONS else None
-        shown = option.shown(text) if option is not None else text
         subject = self._raw.subject(section, key)
-        return Problem(subject, f"{subject} = {_shorten(shown)}: {expected}")
+        return Problem(subject, f"{subject} = {_shorten(_shown(section, key, text))}: {expected}")
 
     def _parse(self, option: Option) -> Any:
         text = self._raw.values[option.section][option.key]
@@ -891,7 +853,10 @@ class KubeConfig:
             yield self._problem(BRIDGE, "signing_key" if key_text else "signing_key_file", REDACTED, expected)
 
     def _get_security_context_val(self, scontext: str) -> int | None:
-        """The configured value of a pod security-context option: run_as_user, run_as_group or fs_group."""
+        """The configured value of run_as_user, run_as_group or fs_group.
+
+        It exists for compatibility with Airflow 1.10's ``KubeConfig``, whose callers use this name.
+        """
         value: int | None = getattr(self, scontext)
         return value
 
@@ -928,19 +893,57 @@ class KubeConfig:
             }
         return settings
 
+    def as_ini(self) -> str:
+        """The effective settings as an INI file that loads back to them, for ``kbridge config``.
+
+        Secrets are printed as :data:`REDACTED`, which fails to load with a message saying to put the real
+        secret back, so the output can never silently carry a placeholder as a password or key.
+        """
+        lines = [f"# Effective settings from {self.source}; secrets are shown as {REDACTED}."]
+        for section in _FIXED_SECTIONS:
+            lines += ["", f"[{section}]"]
+            for option in (option for option in OPTIONS if option.section == section):
+                if option.secret:  # as given, not as derived: a key read from a file stays in that file
+                    text = option.shown(self._raw.values[section][option.key])
+                else:
+                    text = _option_text(option, getattr(self, option.key))
+                lines.append(f"{option.key} = {text}".rstrip())
+        for free_form in FREE_FORM_SECTIONS:
+            lines += ["", f"[{free_form.name}]"]
+            for key, value in getattr(self, free_form.name).items():
+                text = f"{value.secret_name}={value.key}" if isinstance(value, SecretRef) else value
+                lines.append(f"{key} = {text}".rstrip())
+        return "\n".join(lines) + "\n"
+
+
+def _option_text(option: Option, value: object) -> str:
+    """A parsed value written back as the text of ``option``, the inverse of ``option.kind.parse``."""
+    if value is None:
+        return ""
+    if option.kind.is_json:
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, list):
+        return ", ".join(value)
+    return option.shown(str(value))
+
 
 def redact_url(url: str) -> str:
-    """The URL with any password (``user:password@`` or ``?password=``) replaced, so it can be printed."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed "[" of an IPv6 host: too broken to tell the password apart
-        return REDACTED
-    # Edit the text rather than re-joining the parts, which would turn "unix:///path" into "unix:/path".
-    address, mark, query = url.partition("?")
-    if parts.password is not None:
-        userinfo, _, host = parts.netloc.rpartition("@")
-        address = address.replace(parts.netloc, f"{userinfo.partition(':')[0]}:{REDACTED}@{host}", 1)
-    return address + mark + _URL_PASSWORD_PARAMETER.sub(rf"\1\2{REDACTED}", query)
+    """The URL with any password (``user:password@`` or ``?password=``) replaced, so it can be printed.
+
+    The text is edited before any parsing: a password may hold an unescaped ``/``, ``#``, ``?`` or ``@``,
+    which would end the authority early for ``urlsplit``. Everything from ``://`` to the last ``@`` is the
+    user information; only the user name before its first ``:`` survives.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:  # not a URL at all, but a "?password=" in it is still hidden
+        scheme, rest = "", url
+    userinfo, at, host_and_path = rest.rpartition("@")
+    if separator and at:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:{REDACTED}" if colon else REDACTED) + at + host_and_path
+    # Rebuilt from the text rather than from parts, which would turn "unix:///path" into "unix:/path".
+    address, mark, query = rest.partition("?")
+    return scheme + separator + address + mark + _URL_PASSWORD_PARAMETER.sub(rf"\1\2{REDACTED}", query)
 
 
 # --- rendering: the shipped file and the docs -----------------------------------------------------------

@@ -11,8 +11,9 @@ stuck in Pending. Three forms are accepted, as in Airflow:
 This module only parses and validates. Merging template → legacy settings → override, and checking that the
 template file exists, is the pod builder's job (``bridge.worker_pod``), at pod-build time on the worker that
 reads the file. Everything here is plain JSON data, so a :class:`TaskPodConfig` travels through Redis as is.
-Rules shared with the ``[kubernetes]`` section (affinity, tolerations, pull policies, pod shape) come from
-``bridge.config`` and name rules from ``bridge.naming``, so a setting is judged the same wherever it is set.
+Rules shared with the ``[kubernetes]`` section come from ``bridge.config`` (pull policies) and
+``bridge.pod_template`` (affinity, tolerations, pod shape), and name rules from ``bridge.naming``, so a
+setting is judged the same wherever it is set.
 """
 
 from __future__ import annotations
@@ -21,27 +22,24 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from bridge.config import (
-    IMAGE_PULL_POLICIES,
-    check_affinity,
-    check_pod_shape,
-    check_tolerations,
-    did_you_mean,
-)
+from bridge.config import IMAGE_PULL_POLICIES
 from bridge.errors import UserInputError
 from bridge.naming import (
     DNS1123_SUBDOMAIN_RULE,
     LABEL_VALUE_RULE,
     QUALIFIED_NAME_RULE,
+    check_known_keys,
+    did_you_mean,
     is_dns1123_subdomain,
     is_qualified_name,
     is_valid_label_value,
 )
+from bridge.pod_template import check_affinity, check_pod_shape, check_tolerations
 
 LEGACY_KEY = "KubernetesExecutor"
 POD_OVERRIDE_KEY = "pod_override"
@@ -72,16 +70,6 @@ class ExecutorConfigError(UserInputError):
 
 def _legacy_field(name: str) -> str:
     return f"executor_config[{LEGACY_KEY!r}][{name!r}]"
-
-
-def _check_known_keys(where: str, mapping: Mapping[Any, Any], valid_keys: Iterable[str]) -> None:
-    valid = sorted(valid_keys)
-    for key in mapping:
-        if key not in valid:
-            raise ExecutorConfigError(
-                f"{where} has an unknown key {key!r}{did_you_mean(str(key), valid)}; "
-                f"valid keys are: {', '.join(valid)}"
-            )
 
 
 def _client_model_as_api_json(value: object) -> object:
@@ -258,6 +246,32 @@ _FIELD_CHECKS: dict[str, Callable[[str, object], object]] = {
 }
 
 
+def _executor_config(obj: object, valid_keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """``obj`` as the top-level ``executor_config`` mapping with only ``valid_keys``; None counts as {}."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, Mapping):
+        raise ExecutorConfigError(
+            f"executor_config = {obj!r} must be a dict with any of the keys {', '.join(valid_keys)}, "
+            f"e.g. {{{LEGACY_KEY!r}: {{'request_cpu': '500m'}}}}"
+        )
+    check_known_keys("executor_config", obj, valid_keys, ExecutorConfigError)
+    return obj
+
+
+def _legacy_settings(executor_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The checked ``{"KubernetesExecutor": {...}}`` settings of ``executor_config``; None counts as {}."""
+    settings = executor_config.get(LEGACY_KEY)
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise ExecutorConfigError(
+            f"executor_config[{LEGACY_KEY!r}] = {settings!r} must be a dict, e.g. {{'request_cpu': '500m'}}"
+        )
+    check_known_keys(f"executor_config[{LEGACY_KEY!r}]", settings, _FIELD_CHECKS, ExecutorConfigError)
+    return settings
+
+
 @dataclass(frozen=True)
 class KubernetesExecutorConfig:
     """Airflow 1.10's per-task settings: ``executor_config={"KubernetesExecutor": {...}}``.
@@ -308,24 +322,7 @@ class KubernetesExecutorConfig:
     @staticmethod
     def from_dict(obj: object) -> KubernetesExecutorConfig:
         """Build from an ``executor_config`` like ``{"KubernetesExecutor": {...}}``; None or {} mean empty."""
-        if obj is None:
-            return KubernetesExecutorConfig()
-        if not isinstance(obj, Mapping):
-            raise ExecutorConfigError(
-                f"executor_config = {obj!r} must be a dict, "
-                f"e.g. {{{LEGACY_KEY!r}: {{'request_cpu': '500m'}}}}"
-            )
-        _check_known_keys("executor_config", obj, (LEGACY_KEY,))
-        settings = obj.get(LEGACY_KEY)
-        if settings is None:
-            return KubernetesExecutorConfig()
-        if not isinstance(settings, Mapping):
-            raise ExecutorConfigError(
-                f"executor_config[{LEGACY_KEY!r}] = {settings!r} must be a dict, "
-                "e.g. {'request_cpu': '500m'}"
-            )
-        _check_known_keys(f"executor_config[{LEGACY_KEY!r}]", settings, _FIELD_CHECKS)
-        return KubernetesExecutorConfig(**settings)
+        return KubernetesExecutorConfig(**_legacy_settings(_executor_config(obj, (LEGACY_KEY,))))
 
     def as_dict(self) -> dict[str, Any]:
         """All fields by name (None when unset) as JSON data, in the flat form of Airflow 1.10.
@@ -374,7 +371,7 @@ def _pod_override(value: object) -> dict[str, Any]:
     pod = check_pod_shape(_api_json(where, value), where, ExecutorConfigError)
     # Beyond the shape every pod needs: an override is written by hand, so catch the usual mistakes.
     _check_field_names(where, pod)
-    _check_known_keys(where, pod, _POD_FIELDS)
+    check_known_keys(where, pod, _POD_FIELDS, ExecutorConfigError)
     metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
     _check_field_names(f"{where}['metadata']", metadata)
     _check_field_names(f"{where}['spec']", spec)
@@ -440,22 +437,10 @@ def parse_executor_config(obj: object) -> TaskPodConfig:
     An empty ``{"KubernetesExecutor": {}}`` counts as absent (so it may accompany ``pod_override``, as in
     Airflow); a key whose value is None counts as absent too.
     """
-    if obj is None:
-        return TaskPodConfig()
-    if not isinstance(obj, Mapping):
-        raise ExecutorConfigError(
-            f"executor_config = {obj!r} must be a dict with any of the keys "
-            f"{', '.join(EXECUTOR_CONFIG_KEYS)}, e.g. {{'pod_override': V1Pod(...)}}"
-        )
-    _check_known_keys("executor_config", obj, EXECUTOR_CONFIG_KEYS)
-    settings = obj.get(LEGACY_KEY)
-    legacy = (
-        None
-        if settings is None or settings == {}
-        else KubernetesExecutorConfig.from_dict({LEGACY_KEY: settings})
-    )
+    executor_config = _executor_config(obj, EXECUTOR_CONFIG_KEYS)
+    settings = _legacy_settings(executor_config)
     return TaskPodConfig(
-        legacy=legacy,
-        pod_override=obj.get(POD_OVERRIDE_KEY),
-        pod_template_file=obj.get(POD_TEMPLATE_FILE_KEY),
+        legacy=KubernetesExecutorConfig(**settings) if settings else None,
+        pod_override=executor_config.get(POD_OVERRIDE_KEY),
+        pod_template_file=executor_config.get(POD_TEMPLATE_FILE_KEY),
     )

@@ -10,16 +10,21 @@ bridges ids to them, with three promises:
 * Label values are those of Airflow's ``make_safe_label_value`` wherever Airflow's value is valid, so label
   selectors written for Airflow's KubernetesExecutor keep finding the bridge's pods.
 * Annotations carry the raw ids, because labels are lossy (hashed); the task key is rebuilt from annotations.
+
+It also holds the one check for keys of a hand-written mapping (:func:`check_known_keys`), so an unknown key
+in a config option, an affinity or an executor_config is reported in one way, with a suggestion.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from bridge.task_key import TaskKey, TaskKeyError
 
@@ -103,6 +108,30 @@ def is_env_var_name(name: str) -> bool:
 def is_config_key(key: str) -> bool:
     """True if ``key`` is valid as a key of a Secret or ConfigMap (what ``secretKeyRef.key`` names)."""
     return len(key) <= MAX_CONFIG_KEY_LENGTH and _CONFIG_KEY_RE.fullmatch(key) is not None
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates``, or empty when none is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_known_keys(
+    where: str,
+    mapping: Mapping[Any, Any],
+    valid_keys: Iterable[str],
+    error: type[Exception] = ValueError,
+) -> None:
+    """Raise ``error`` naming the first key of ``mapping`` not in ``valid_keys`` and the likely fix.
+
+    The fix is the closest valid key when one is close (a typo), else the list of valid keys: one of the
+    two keeps the message to a line even for long lists such as the V1DeleteOptions arguments.
+    """
+    valid = sorted(valid_keys)
+    for key in mapping:
+        if key not in valid:
+            fix = did_you_mean(str(key), valid) or f"; valid keys are: {', '.join(valid)}"
+            raise error(f"{where} has an unknown key {key!r}{fix}")
 
 
 def strip_unsafe_kubernetes_special_chars(text: str) -> str:

@@ -7,11 +7,17 @@ while the bridge itself never needs Airflow installed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from bridge.errors import UserInputError
 
 
-class TaskKeyError(ValueError):
-    """A task key could not be built from untrusted input; the message names the field and the fix."""
+class TaskKeyError(UserInputError, ValueError):
+    """A task key could not be built from untrusted input; the message names the field and the fix.
+
+    A :class:`UserInputError`, so the CLI and the workers report it as bad input, not as a crash; still a
+    ``ValueError`` for callers that catch that.
+    """
 
 
 class TaskKey(NamedTuple):
@@ -33,7 +39,7 @@ class TaskKey(NamedTuple):
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TaskKey:
+    def from_dict(cls, data: object) -> TaskKey:
         """Build a key from JSON-decoded data, rejecting anything that is not exactly the documented shape."""
         if not isinstance(data, Mapping):
             raise TaskKeyError(f"task key must be a JSON object, got {type(data).__name__}")

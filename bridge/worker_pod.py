@@ -32,10 +32,11 @@ from collections.abc import Mapping, Sequence
 from functools import reduce
 from typing import Any
 
-from bridge.config import BASE_CONTAINER, KubeConfig, base_container, load_pod_template
+from bridge.config import KubeConfig
 from bridge.errors import UserInputError
 from bridge.executor_config import KubernetesExecutorConfig, TaskPodConfig
 from bridge.naming import create_pod_id, task_key_annotations, task_key_labels
+from bridge.pod_template import BASE_CONTAINER, base_container, load_pod_template
 from bridge.task_key import TaskKey
 
 INSTANCE_LABEL = "kbridge/instance"

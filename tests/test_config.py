@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,9 +181,19 @@ def test_kubeconfig_settings_must_be_text_as_in_a_file() -> None:
     with pytest.raises(ConfigError) as error:
         KubeConfig(not_text)
     assert error.value.problems == [
-        "[kubernetes] run_as_user: expected text, got 50000; quote it: '50000'",
-        "[kubernetes] in_cluster: expected text, got False; quote it: 'False'",
+        "[kubernetes] run_as_user: expected text, got int 50000; quote it: '50000'",
+        "[kubernetes] in_cluster: expected text, got bool False; quote it: 'False'",
     ]
+
+
+@pytest.mark.parametrize("section", ["bridge", "Bridge", "bridg"])
+def test_a_secret_given_as_non_text_is_not_echoed(section: str) -> None:
+    key = 12345678901234567890123456789012345
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({section: {"SIGNING_KEY": key}})  # type: ignore[dict-item]
+    assert str(key) not in str(error.value)
+    assert "signing_key" in str(error.value).lower()
+    assert "quote it" in str(error.value)
 
 
 # A valid value other than the default for every option ("<...>" names a file made by sample_files), used
@@ -413,6 +424,21 @@ def test_more_problems_than_a_screen_holds_are_still_all_named_on_one_screen() -
         assert f"[kubernetes] {key}" in str(error.value)
 
 
+def test_when_even_the_names_do_not_fit_the_screen_says_how_many_are_left_out() -> None:
+    labels = {f"team-{number:03}": "not a label value" for number in range(150)}
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes_labels": labels})
+    lines = str(error.value).splitlines()
+    assert lines[0] == "invalid configuration (settings), 150 problems:"
+    assert len(lines) <= 25
+    assert lines[2].startswith("  - and 149 more problems"), "one problem in full, then the summary"
+    assert max(map(len, lines[2:])) <= 100
+    named = sum(f"[kubernetes_labels] {key}" in str(error.value) for key in labels)
+    omitted = re.search(r"… and (\d+) more not named", " ".join(lines))
+    assert omitted is not None, "the last line counts the problems it could not name"
+    assert named + int(omitted[1]) == 150, "every problem is either named or counted"
+
+
 @pytest.mark.parametrize(("section", "key", "value", "expected"), BAD_VALUES)
 def test_bad_value_message_names_option_value_and_fix(
     section: str, key: str, value: str, expected: str
@@ -536,7 +562,85 @@ def test_bad_pod_template_is_a_problem_naming_the_option(tmp_path: Path, text: s
     assert expected in error.value.problems[0]
 
 
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        # An unclosed quote is noticed at the end of the file; the context says where it opened.
+        ("spec:\n  containers: []\n  x: 'hunter2\n", "line 4, column 1, while scanning a quoted scalar"),
+        ("metadata:\n  name: pod\n password: hunter2\n", "line 3, column 2"),  # the bad indent
+        ("spec:\n  x: !hunter2 y\n", "line 2, column 6"),  # the unknown tag
+        ('spec:\n  x: "\\qhunter2"\n', "line 2, column 8"),  # the character after the backslash
+    ],
+)
+def test_pod_template_yaml_error_gives_line_and_column_never_the_file_text(
+    tmp_path: Path, text: str, position: str
+) -> None:
+    """The path may come from a DAG author and the message become a task's failure reason."""
+    template = write(tmp_path, text, "pod.yaml")
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes": {"pod_template_file": str(template)}})
+    assert "is not valid YAML" in str(error.value)
+    assert position in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
+def test_pod_template_of_the_wrong_shape_names_the_field_never_its_value(tmp_path: Path) -> None:
+    template = write(tmp_path, "spec: hunter2\n", "pod.yaml")
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes": {"pod_template_file": str(template)}})
+    assert "field 'spec' must be a mapping, got a str" in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
 # --- secrets ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DB_PASSWORD",
+        "password",
+        "AWS_SECRET_ACCESS_KEY",
+        "GITHUB_TOKEN",
+        "OPENAI_APIKEY",
+        "my.service-credentials",
+        "AIRFLOW__CORE__SQL_ALCHEMY_CONN",
+        "AIRFLOW_CONN_WAREHOUSE",
+    ],
+)
+def test_a_variable_named_like_a_secret_must_come_from_a_secret(name: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"kubernetes_environment_variables": {name: "hunter2"}})
+    [problem] = error.value.problems
+    assert problem.startswith(f"[kubernetes_environment_variables] {name} = ")
+    assert f"[kubernetes_secrets] as {name} = secret_name=key" in problem
+    config = KubeConfig({"kubernetes_secrets": {name: "db=value"}})
+    assert config.kubernetes_secrets == {name: SecretRef("db", "value")}, "the fix it names works"
+
+
+@pytest.mark.parametrize(
+    "name", ["AIRFLOW__CORE__DEBUG", "CONNECTIONS", "LOG_LEVEL", "TOKENIZER_MODEL", "SECRETARY_EMAIL"]
+)
+def test_ordinary_variable_names_stay_plain_values(name: str) -> None:
+    config = KubeConfig({"kubernetes_environment_variables": {name: "x"}})
+    assert config.kubernetes_environment_variables == {name: "x"}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "text"),
+    [
+        ("bridge", "signing_key", REDACTED),
+        ("bridge", "redis_url", f"redis://:{REDACTED}@redis:6380/0"),
+        ("bridge", "redis_url", f"redis://redis:6380/0?password={REDACTED}"),
+    ],
+)
+def test_the_redaction_placeholder_never_loads_as_a_secret(section: str, key: str, text: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({section: {key: text}})
+    [problem] = error.value.problems
+    assert problem.startswith(f"[{section}] {key} = ")
+    assert "placeholder `kbridge config` prints instead of a secret; put the real one back" in problem
+
 
 SIGNING_KEY = "k" * 40
 
@@ -577,6 +681,13 @@ def test_unusable_signing_key_file_is_one_clear_problem(tmp_path: Path) -> None:
         ("redis://redis:6380/0?password=hunter2&ssl=1", f"redis://redis:6380/0?password={REDACTED}&ssl=1"),
         ("unix:///run/redis.sock?db=0&Password=hunter2", f"unix:///run/redis.sock?db=0&Password={REDACTED}"),
         ("redis://redis:6380/0", "redis://redis:6380/0"),
+        # Unescaped '/', '#', '?' and '@' in a password end the authority early for a URL parser.
+        ("redis://:s3cr/et@h:6379/0", f"redis://:{REDACTED}@h:6379/0"),
+        ("redis://:s3cr#et@h:6379/0", f"redis://:{REDACTED}@h:6379/0"),
+        ("redis://:s3cr?et@h:6379/0", f"redis://:{REDACTED}@h:6379/0"),
+        ("rediss://user:p@ss@h", f"rediss://user:{REDACTED}@h"),
+        ("rediss://user:a/b#c?d@e@h:6380/1?ssl=1", f"rediss://user:{REDACTED}@h:6380/1?ssl=1"),
+        ("redis://only-a-token@h", f"redis://{REDACTED}@h"),
     ],
 )
 def test_password_in_redis_url_is_redacted(url: str, shown: str) -> None:
@@ -586,7 +697,13 @@ def test_password_in_redis_url_is_redacted(url: str, shown: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://user:hunter2@redis:6380", "redis://[::1:hunter2@x", "x?password=hunter2"]
+    "url",
+    [
+        "http://user:hunter2@redis:6380",
+        "redis://[::1:hunter2@x",
+        "x?password=hunter2",
+        "http://:hun/ter2@redis:6380",
+    ],
 )
 def test_password_in_a_bad_redis_url_is_not_echoed_by_the_error(url: str) -> None:
     with pytest.raises(ConfigError) as error:

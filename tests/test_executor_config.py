@@ -239,11 +239,12 @@ def test_key_material_in_gcp_service_account_key_is_not_echoed() -> None:
     assert "never the key itself" in message
 
 
-def test_unknown_legacy_key_lists_the_valid_ones() -> None:
-    message = error_of({"KubernetesExecutor": {"imagee": "x"}})
-    assert "unknown key 'imagee' (did you mean 'image'?)" in message
-    assert "image_pull_policy" in message
-    assert "volume_mounts" in message
+def test_unknown_legacy_key_gets_the_close_one_or_else_the_valid_ones() -> None:
+    typo = error_of({"KubernetesExecutor": {"imagee": "x"}})
+    assert "unknown key 'imagee' (did you mean 'image'?)" in typo
+    unrelated = error_of({"KubernetesExecutor": {"priority": 1}})
+    assert "unknown key 'priority'; valid keys are: affinity, annotations" in unrelated
+    assert "volume_mounts" in unrelated
 
 
 def test_from_dict_accepts_only_the_legacy_form() -> None:
@@ -334,7 +335,7 @@ def test_legacy_settings_and_pod_override_together_are_rejected() -> None:
         ({"kind": "Deployment", "apiVersion": "apps/v1"}, "has kind 'Deployment', apiVersion 'apps/v1'"),
         ({"status": {"phase": "Running"}}, "unknown key 'status'"),
         ({"metadata": {"labels": {"team": "data team"}}}, "'data team' is not a valid label value"),
-        ({"metadata": []}, "field 'metadata' must be a mapping, got []"),
+        ({"metadata": []}, "field 'metadata' must be a mapping, got a list"),
         ({"spec": {"containers": {"name": "base"}}}, "field 'containers' must be a list of mappings"),
         ({"spec": {"initContainers": {"name": "init"}}}, "must be a list of container dicts"),
     ],
@@ -352,10 +353,13 @@ def test_bad_pod_template_file_is_explained(path: object) -> None:
     assert "give the path of a pod YAML file" in message
 
 
-def test_unknown_top_level_key_lists_the_accepted_ones() -> None:
-    message = error_of({"pod_overide": {}})
-    assert "unknown key 'pod_overide' (did you mean 'pod_override'?)" in message
-    assert "valid keys are: KubernetesExecutor, pod_override, pod_template_file" in message
+def test_unknown_top_level_key_gets_the_close_one_or_else_the_accepted_ones() -> None:
+    typo = error_of({"pod_overide": {}})
+    assert "unknown key 'pod_overide' (did you mean 'pod_override'?)" in typo
+    unrelated = error_of({"resources": {}})
+    assert "unknown key 'resources'; valid keys are: KubernetesExecutor, pod_override, pod_template_file" in (
+        unrelated
+    )
 
 
 def test_non_dict_executor_config_is_explained() -> None:

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1Pod
 from kubernetes.client.exceptions import ApiException
 
-from bridge.config import OPTIONS, POD_BUILDER, KubeConfig, PodTemplateError
+from bridge.config import OPTIONS, POD_BUILDER, KubeConfig
 from bridge.executor_config import KubernetesExecutorConfig, parse_executor_config
+from bridge.pod_template import PodTemplateError
 from bridge.task_key import TaskKey
 from bridge.worker_pod import (
     INSTANCE_LABEL,
@@ -552,6 +553,15 @@ def test_bad_task_template_names_the_executor_config_field(
     with pytest.raises(PodTemplateError, match=expected) as error:
         build({"pod_template_file": str(path)})
     assert "executor_config['pod_template_file']" in str(error.value)
+
+
+def test_a_task_template_error_never_quotes_the_file(tmp_path: Path) -> None:
+    """The message becomes the task's failure reason, which anyone reading task logs sees."""
+    path = tmp_path / "task.yaml"
+    path.write_text("spec:\n  containers: []\n password: hunter2\n", encoding="utf-8")
+    with pytest.raises(PodTemplateError, match=r"is not valid YAML: .* at line 3, column 2") as error:
+        build({"pod_template_file": str(path)})
+    assert "hunter2" not in str(error.value)
 
 
 def test_empty_yaml_keys_in_a_template_count_as_absent(tmp_path: Path, api_client: ApiClient) -> None:
