@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http
 import json
+import logging
 import random
 import re
 import socket
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
@@ -42,10 +43,13 @@ from bridge.sim.store import (
     bad_request,
     expired,
     invalid,
+    not_found,
     parse_resource_version,
     stale_write,
     too_large_resource_version,
 )
+
+log = logging.getLogger(__name__)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -78,6 +82,14 @@ _MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's default request body limit
 _READ_PIECE_BYTES = 65_536  # the largest single read: a chunk-size line, a trailer, a piece of a body
 _MAX_DISCARDED_BYTES = 64 * 1024 * 1024  # an oversized body up to this is read and dropped, beyond it cut
 _FAULT_EXAMPLE = '{"verb": "create", "status": 503}'
+# The JSON type of DeleteOptions fields: (field, Python type, what a valid value looks like).
+_DELETE_OPTION_TYPES = (
+    ("gracePeriodSeconds", int, "an integer number of seconds, such as 30"),
+    ("propagationPolicy", str, 'one of "Foreground", "Background", "Orphan"'),
+    ("orphanDependents", bool, "true or false"),
+    ("preconditions", dict, 'an object such as {"uid": "..."}'),
+    ("dryRun", list, 'a list such as ["All"]'),
+)
 _DRAIN_S = 2.0  # how long stop() lets requests in flight finish before it cuts their connections
 _SHUTDOWN_POLL_S = 0.02  # how often serve_forever checks for stop(): the teardown cost of every test
 _VERSION_INFO = {
@@ -161,10 +173,19 @@ _API_RESOURCES = {
 }
 
 
+class _Target(NamedTuple):
+    """What a REST path names: ``/api/v1/namespaces/{namespace}/{resource}/{name}/{subresource}``."""
+
+    resource: str
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+
 class _Request:
     """What one HTTP request asks for, parsed once."""
 
-    def __init__(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    def __init__(self, handler: _Handler, body: bytes) -> None:
         url = urlsplit(handler.path)
         self.method = handler.command
         self.path = url.path
@@ -195,12 +216,7 @@ class _Request:
             except yaml.YAMLError as error:
                 raise bad_request(f"the apply patch is not valid YAML: {error}") from None
         if self.content_type not in ("", "application/json") and not self.content_type.endswith("+json"):
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                f"the body of the request was in an unknown format - accepted media types include: "
-                f'application/json (got "{self.content_type}")',
-            )
+            raise _unsupported_media_type(self.content_type, accepted="application/json")
         try:
             return json.loads(self.body)
         except ValueError as error:
@@ -254,9 +270,17 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    # Whether the current request's response has begun: after that, an error can no longer be a Status.
+    response_started = False
 
     def _dispatch(self) -> None:
+        self.response_started = False  # one handler serves every request of a keep-alive connection
         self.server.app.handle(self)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write (part of) the response."""
+        self.response_started = True
+        self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
@@ -348,12 +372,16 @@ class ApiServer:
 
     # ---- request handling ---------------------------------------------------------------------------
 
-    def handle(self, handler: BaseHTTPRequestHandler) -> None:
-        """Answer one request; every failure becomes a Status response, never a traceback."""
+    def handle(self, handler: _Handler) -> None:
+        """Answer one request; every failure becomes a Status response, never a traceback.
+
+        A failure after the response has begun (a stream) closes the connection instead: a Status written
+        there would corrupt the body the client is reading.
+        """
         with self._in_flight():
             self._answer(handler)
 
-    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
+    def _answer(self, handler: _Handler) -> None:
         try:
             request = _Request(handler, _read_body(handler))
             if request.path.startswith("/_sim/"):
@@ -364,137 +392,117 @@ class ApiServer:
                 self._send_json(handler, 200, _dumps(document).encode())
             else:
                 self._resource(request)
-        except ApiError as error:
-            self._send_status(handler, error)
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
         except Exception as error:  # the server must answer, whatever went wrong inside
-            self._send_status(
-                handler,
-                ApiError(500, "InternalError", f"Internal error occurred: {type(error).__name__}: {error}"),
-            )
+            if handler.response_started:  # a Status now would land inside the body already sent
+                log.exception("simulated API server: %s failed mid-response", handler.path)
+                _drop(handler)
+                return
+            if not isinstance(error, ApiError):
+                error = ApiError(
+                    500, "InternalError", f"Internal error occurred: {type(error).__name__}: {error}"
+                )
+            self._send_status(handler, error)
 
     def _resource(self, request: _Request) -> None:
-        for route in _ROUTES:
-            if match := route.match(request.path):
-                break
-        else:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
-        resource = match["resource"]
-        namespace = unquote(match["namespace"]) if "namespace" in match.groupdict() else None
-        name = unquote(match["name"]) if match["name"] else None
-        sub = match["sub"]
-        if name is not None and namespace is None and resource in _NAMESPACED:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
-        verb = _verb(request, name, sub)
-        if resource == "nodes" and verb not in ("get", "list", "watch"):
+        target = _target(request.path)
+        verb = _verb(request, target)
+        if target.resource == "nodes" and verb not in ("get", "list", "watch"):
             raise ApiError(
                 405,
                 "MethodNotAllowed",
                 f'{verb} is not supported on resources of kind "nodes" in this simulator',
             )
-        fault = self.faults.take(verb, resource)
+        fault = self.faults.take(verb, target.resource)
         if verb == "watch":
-            self._watch(request, resource, namespace, fault)
+            self._watch(request, target.resource, target.namespace, fault)
             return
         if fault is not None:
-            self._apply_fault(request, fault, resource, name)
+            self._apply_fault(request, fault, target.resource, target.name)
             return
         seats = self._seats if verb != "log" else None  # long-running requests take no seat
         if seats is not None and not seats.acquire(blocking=False):
             self._send(request.handler, 429, _TOO_MANY_REQUESTS, _PLAIN_TEXT, {"Retry-After": "1"})
             return
         try:
-            self._serve(request, verb, resource, namespace, name, sub)
+            self._serve(request, verb, target)
         finally:
             if seats is not None:
                 seats.release()
 
-    def _serve(
-        self,
-        request: _Request,
-        verb: str,
-        resource: str,
-        namespace: str | None,
-        name: str | None,
-        sub: str | None,
-    ) -> None:
-        handler = request.handler
+    def _serve(self, request: _Request, verb: str, target: _Target) -> None:
         if verb == "get":
             self._delay(self.profile.get)
-            self._send_json(handler, 200, self.store.get_json(resource, namespace, name or ""))
+            found = self.store.get_json(target.resource, target.namespace, target.name or "")
+            self._send_json(request.handler, 200, found)
         elif verb == "list":
-            self._list(request, resource, namespace)
+            self._list(request, target.resource, target.namespace)
         elif verb == "log":
             self._delay(self.profile.get)
-            self._log(request, namespace or "", name or "")
+            self._log(request, target.namespace or "", target.name or "")
         else:
             self._delay(self.profile.write)
-            self._write(request, verb, resource, namespace, name, sub)
+            self._write(request, verb, target)
 
-    def _write(
-        self,
-        request: _Request,
-        verb: str,
-        resource: str,
-        namespace: str | None,
-        name: str | None,
-        sub: str | None,
-    ) -> None:
-        handler = request.handler
-        if verb == "create" and sub == "eviction":
-            options = request.json_object().get("deleteOptions") or {}
-            self._delete_one(resource, namespace, name or "", request, options)
-            success = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
-            self._send_json(handler, 201, _dumps(success).encode())
+    def _write(self, request: _Request, verb: str, target: _Target) -> None:
+        if verb == "create" and target.subresource == "eviction":
+            self._evict(request, target)
         elif verb == "create":
-            created = self.store.create(resource, namespace, request.json_object(), dry_run=request.dry_run())
-            self._send_json(handler, 201, _dumps(created).encode())
-        elif verb in ("update", "patch"):
-            code, obj = self._update(request, verb, resource, namespace, name or "", sub)
-            self._send_json(handler, code, _dumps(obj).encode())
-        elif verb == "delete":
-            options = request.json_body() or {}
-            if not isinstance(options, dict):
-                raise bad_request("the DELETE body must be DeleteOptions (a JSON object)")
-            obj = self._delete_one(resource, namespace, name or "", request, options)
-            if resource == "pods":
-                self._send_json(handler, 200, _dumps(obj).encode())
-            else:
-                details = {"name": name, "kind": resource, "uid": obj["metadata"].get("uid")}
-                success = {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": details,
-                }
-                self._send_json(handler, 200, _dumps(success).encode())
-        else:  # deletecollection
-            options = request.json_body() or {}
-            items, revision = self.store.list(
-                resource,
-                namespace,
-                label_selector=request.query.get("labelSelector"),
-                field_selector=request.query.get("fieldSelector"),
+            created = self.store.create(
+                target.resource, target.namespace, request.json_object(), dry_run=request.dry_run()
             )
-            deleted = [
-                self._delete_one(
-                    resource, item["metadata"].get("namespace"), item["metadata"]["name"], request, options
-                )
-                for item in items
-            ]
-            listing = {
-                "kind": f"{KINDS[resource]}List",
-                "apiVersion": "v1",
-                "metadata": {"resourceVersion": revision},
-                "items": deleted,
-            }
-            self._send_json(handler, 200, _dumps(listing).encode())
+            self._send_json(request.handler, 201, _dumps(created).encode())
+        elif verb in ("update", "patch"):
+            code, obj = self._update(request, verb, target)
+            self._send_json(request.handler, code, _dumps(obj).encode())
+        elif verb == "delete":
+            self._delete(request, target)
+        else:
+            self._delete_collection(request, target)
 
-    def _delete_one(
-        self, resource: str, namespace: str | None, name: str, request: _Request, options: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _evict(self, request: _Request, target: _Target) -> None:
+        """POST pods/{name}/eviction: delete the pod with the Eviction's deleteOptions (no budgets here)."""
+        options = _delete_options(request.json_object().get("deleteOptions"), field_prefix="deleteOptions.")
+        self._delete_one(request, target, options)
+        self._send_json(request.handler, 201, _success_status(code=201))
+
+    def _delete(self, request: _Request, target: _Target) -> None:
+        """DELETE of one object: a pod answers with itself, other kinds with a success Status."""
+        obj = self._delete_one(request, target, _delete_options(request.json_body()))
+        if target.resource == "pods":
+            self._send_json(request.handler, 200, _dumps(obj).encode())
+            return
+        details = {"name": target.name, "kind": target.resource, "uid": obj["metadata"].get("uid")}
+        self._send_json(request.handler, 200, _success_status(details=details))
+
+    def _delete_collection(self, request: _Request, target: _Target) -> None:
+        """DELETE of a collection: every object the selectors match, answered as a list of them."""
+        options = _delete_options(request.json_body())
+        items, revision = self.store.list(
+            target.resource,
+            target.namespace,
+            label_selector=request.query.get("labelSelector"),
+            field_selector=request.query.get("fieldSelector"),
+        )
+        deleted = [
+            self._delete_one(
+                request,
+                target._replace(namespace=item["metadata"].get("namespace"), name=item["metadata"]["name"]),
+                options,
+            )
+            for item in items
+        ]
+        listing = {
+            "kind": f"{KINDS[target.resource]}List",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": revision},
+            "items": deleted,
+        }
+        self._send_json(request.handler, 200, _dumps(listing).encode())
+
+    def _delete_one(self, request: _Request, target: _Target, options: dict[str, Any]) -> dict[str, Any]:
+        """Delete ``target`` with ``options`` (already type-checked) and the query's DeleteOptions."""
         policy = request.query.get("propagationPolicy") or options.get("propagationPolicy")
         if policy is not None and policy not in ("Foreground", "Background", "Orphan"):
             raise _invalid_delete_options(
@@ -507,13 +515,13 @@ class ApiServer:
                 "orphanDependents and deletionPropagation cannot be both set"
             )
         grace = request.integer("gracePeriodSeconds")
-        if grace is None and options.get("gracePeriodSeconds") is not None:
-            grace = int(options["gracePeriodSeconds"])
+        if grace is None:
+            grace = options.get("gracePeriodSeconds")
         preconditions = options.get("preconditions") or {}
         obj, _ = self.store.delete(
-            resource,
-            namespace,
-            name,
+            target.resource,
+            target.namespace,
+            target.name or "",
             grace_period_seconds=grace,
             uid=preconditions.get("uid"),
             resource_version=preconditions.get("resourceVersion"),
@@ -521,20 +529,15 @@ class ApiServer:
         )
         return obj
 
-    def _update(
-        self, request: _Request, verb: str, resource: str, namespace: str | None, name: str, sub: str | None
-    ) -> tuple[int, dict[str, Any]]:
+    def _update(self, request: _Request, verb: str, target: _Target) -> tuple[int, dict[str, Any]]:
         """PUT or PATCH of an object or its status; (HTTP code, resulting object)."""
+        resource, namespace, sub = target.resource, target.namespace, target.subresource
+        name = target.name or ""
         patch_type = None
         if verb == "patch":
             patch_type = MEDIA_TYPES.get(request.content_type)
             if patch_type is None:
-                raise ApiError(
-                    415,
-                    "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types include: "
-                    f'{", ".join(MEDIA_TYPES)} (got "{request.content_type}")',
-                )
+                raise _unsupported_media_type(request.content_type, accepted=", ".join(MEDIA_TYPES))
             if patch_type == "apply" and not request.query.get("fieldManager"):
                 raise ApiError(
                     422,
@@ -648,7 +651,7 @@ class ApiServer:
                     raise
                 error_status = error.status()
         try:
-            handler.wfile.write(
+            handler.send_bytes(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
                 b"Cache-Control: no-cache, private\r\n\r\n"
             )
@@ -672,7 +675,7 @@ class ApiServer:
 
     def _stream_events(
         self,
-        handler: BaseHTTPRequestHandler,
+        handler: _Handler,
         watch: Watch,
         timeout_s: float,
         bookmarks: bool,
@@ -724,25 +727,11 @@ class ApiServer:
     # ---- logs ---------------------------------------------------------------------------------------
 
     def _log(self, request: _Request, namespace: str, name: str) -> None:
-        handler = request.handler
+        """GET pods/{name}/log: the container's log so far, or with follow=true a stream until it exits."""
         pod = self.store.get(namespace=namespace, name=name, resource="pods")
-        containers = [c["name"] for c in pod["spec"].get("containers", [])]
-        init_containers = [c["name"] for c in pod["spec"].get("initContainers") or []]
-        container = request.query.get("container") or ""
-        if not container:
-            if len(containers) != 1 or init_containers:
-                choices = (
-                    f"a container name must be specified for pod {name}, "
-                    f"choose one of: [{' '.join(containers)}]"
-                )
-                if init_containers:
-                    choices += f" or one of the init containers: [{' '.join(init_containers)}]"
-                raise bad_request(choices)
-            container = containers[0]
-        if container not in containers and container not in init_containers:
-            raise bad_request(f"container {container} is not valid for pod {name}")
+        container = _log_container(pod, request.query.get("container") or "")
         if not pod["spec"].get("nodeName"):
-            handler.wfile.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            request.handler.send_bytes(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
             return
         if request.flag("previous"):
             raise bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
@@ -750,37 +739,30 @@ class ApiServer:
             raise bad_request(
                 f'container "{container}" in pod "{name}" is waiting to start: {_waiting(pod, container)}'
             )
-        tail = request.integer("tailLines")
+        selection: dict[str, Any] = {
+            "tail_lines": request.integer("tailLines"),
+            "since_seconds": request.integer("sinceSeconds"),
+            "timestamps": request.flag("timestamps"),
+        }
         limit = request.integer("limitBytes")
-        since = request.integer("sinceSeconds")
-        timestamps = request.flag("timestamps")
-        if not request.flag("follow"):
-            data = self.logs.read(
-                namespace,
-                name,
-                container,
-                tail_lines=tail,
-                limit_bytes=limit,
-                since_seconds=since,
-                timestamps=timestamps,
-            )
-            self._send(handler, 200, data, "text/plain")
+        if request.flag("follow"):
+            self._follow_log(request.handler, (namespace, name, container), selection, limit)
             return
-        handler.wfile.write(
+        data = self.logs.read(namespace, name, container, limit_bytes=limit, **selection)
+        if data is None:  # the pod was removed since it was read above
+            raise not_found("pods", name)
+        self._send(request.handler, 200, data, "text/plain")
+
+    def _follow_log(
+        self, handler: _Handler, key: tuple[str, str, str], selection: dict[str, Any], limit: int | None
+    ) -> None:
+        """Stream the log as chunks until the container exits, the pod goes, ``limit`` bytes or stop()."""
+        handler.send_bytes(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         left = limit
         try:
-            chunks = self.logs.follow(
-                namespace,
-                name,
-                container,
-                tail_lines=tail,
-                since_seconds=since,
-                timestamps=timestamps,
-                stop=self._stopping,
-            )
-            for chunk in chunks:
+            for chunk in self.logs.follow(*key, stop=self._stopping, **selection):
                 piece = chunk if left is None else chunk[:left]
                 if piece:
                     _write_chunk(handler, piece)
@@ -841,7 +823,7 @@ class ApiServer:
         if path == "/version":
             return _VERSION_INFO
         if path == "/api":
-            host, port = self._address[0], self.url.rsplit(":", 1)[1]
+            host, port = self._address  # not self.url: that is unknown once stop() has closed the socket
             return {
                 "kind": "APIVersions",
                 "versions": ["v1"],
@@ -882,21 +864,19 @@ class ApiServer:
         if pause > 0:
             self._stopping.wait(pause)
 
-    def _send_status(
-        self, handler: BaseHTTPRequestHandler, error: ApiError, headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_status(self, handler: _Handler, error: ApiError, headers: dict[str, str] | None = None) -> None:
         """The error as a Status; like kube-apiserver, a positive retryAfterSeconds becomes Retry-After."""
         retry_after = (error.details or {}).get("retryAfterSeconds")
         if retry_after:
             headers = {"Retry-After": str(retry_after), **(headers or {})}
         self._send(handler, error.code, _dumps(error.status()).encode(), "application/json", headers)
 
-    def _send_json(self, handler: BaseHTTPRequestHandler, code: int, body: bytes) -> None:
+    def _send_json(self, handler: _Handler, code: int, body: bytes) -> None:
         self._send(handler, code, body, "application/json")
 
     @staticmethod
     def _send(
-        handler: BaseHTTPRequestHandler,
+        handler: _Handler,
         code: int,
         body: bytes,
         content_type: str,
@@ -911,10 +891,10 @@ class ApiServer:
         lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
         if handler.close_connection:
             lines.append("Connection: close")
-        handler.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        handler.send_bytes(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
 
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+def _read_body(handler: _Handler) -> bytes:
     """The request body, by Content-Length or chunked (``curl -T``); a bad framing ends the connection."""
     if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
         return _read_chunked_body(handler)
@@ -932,7 +912,7 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     return handler.rfile.read(length) if length else b""
 
 
-def _discard(handler: BaseHTTPRequestHandler, length: int) -> None:
+def _discard(handler: _Handler, length: int) -> None:
     while length > 0:
         piece = handler.rfile.read(min(length, _READ_PIECE_BYTES))
         if not piece:
@@ -940,7 +920,7 @@ def _discard(handler: BaseHTTPRequestHandler, length: int) -> None:
         length -= len(piece)
 
 
-def _read_chunked_body(handler: BaseHTTPRequestHandler) -> bytes:
+def _read_chunked_body(handler: _Handler) -> bytes:
     body = bytearray()
     while True:
         size_line = handler.rfile.readline(_READ_PIECE_BYTES).split(b";")[0].strip()
@@ -977,8 +957,27 @@ def _phrase(code: int) -> str:
         return "Error"
 
 
-def _verb(request: _Request, name: str | None, sub: str | None) -> str:
-    method = request.method
+def _target(path: str) -> _Target:
+    """The resource a REST path names (404 NotFound for any other path)."""
+    for route in _ROUTES:
+        if match := route.match(path):
+            break
+    else:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+    groups = match.groupdict()
+    target = _Target(
+        resource=match["resource"],
+        namespace=unquote(groups["namespace"]) if groups.get("namespace") else None,
+        name=unquote(match["name"]) if match["name"] else None,
+        subresource=match["sub"],
+    )
+    if target.name is not None and target.namespace is None and target.resource in _NAMESPACED:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+    return target
+
+
+def _verb(request: _Request, target: _Target) -> str:
+    method, name, sub = request.method, target.name, target.subresource
     if sub == "log":
         return "log"
     if method == "GET":
@@ -1038,6 +1037,57 @@ def _check_list_options(query: dict[str, str], continue_token: str | None, *, wa
         )
     if continue_token is not None and version not in ("", "0"):
         raise bad_request("specifying resource version is not allowed when using continue")
+
+
+def _delete_options(document: Any, *, field_prefix: str = "") -> dict[str, Any]:
+    """A request's DeleteOptions (None: all defaults), with each field's JSON type checked.
+
+    The apiserver refuses a body it cannot decode with 400 BadRequest; so does this, naming the field.
+    """
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        where = field_prefix.rstrip(".") or "the DELETE body"
+        raise bad_request(
+            f"{where}: Invalid value: {_dumps(document)}: must be DeleteOptions, "
+            'a JSON object such as {"gracePeriodSeconds": 30}'
+        )
+    for field, wanted, example in _DELETE_OPTION_TYPES:
+        value = document.get(field)
+        is_bool = isinstance(value, bool)  # a bool is an int to Python, not to JSON
+        if value is not None and (not isinstance(value, wanted) or is_bool != (wanted is bool)):
+            raise bad_request(f"{field_prefix}{field}: Invalid value: {_dumps(value)}: must be {example}")
+    for field in ("uid", "resourceVersion"):
+        value = (document.get("preconditions") or {}).get(field)
+        if value is not None and not isinstance(value, str):
+            raise bad_request(
+                f"{field_prefix}preconditions.{field}: Invalid value: {_dumps(value)}: must be a string"
+            )
+    dry_run = document.get("dryRun") or []
+    if not all(isinstance(value, str) for value in dry_run):
+        raise bad_request(
+            f'{field_prefix}dryRun: Invalid value: {_dumps(dry_run)}: must be a list such as ["All"]'
+        )
+    return document
+
+
+def _success_status(*, code: int | None = None, details: dict[str, Any] | None = None) -> bytes:
+    """The ``Status`` of a successful eviction or deletion."""
+    status: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+    if code is not None:
+        status["code"] = code
+    if details is not None:
+        status["details"] = details
+    return _dumps(status).encode()
+
+
+def _unsupported_media_type(content_type: str, *, accepted: str) -> ApiError:
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: "
+        f'{accepted} (got "{content_type}")',
+    )
 
 
 def _invalid_delete_options(detail: str) -> ApiError:
@@ -1102,16 +1152,16 @@ def _replace(
 # ---- stream helpers ---------------------------------------------------------------------------------
 
 
-def _write_chunk(handler: BaseHTTPRequestHandler, data: bytes) -> None:
+def _write_chunk(handler: _Handler, data: bytes) -> None:
     """One HTTP chunk in one ``send`` (an empty ``data`` is the terminating chunk)."""
-    handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+    handler.send_bytes(b"%x\r\n%s\r\n" % (len(data), data))
 
 
 def _event_line(event: WatchEvent) -> bytes:
     return b'{"type":"' + event.type.encode() + b'","object":' + event.object_json + b"}\n"
 
 
-def _drop(handler: BaseHTTPRequestHandler) -> None:
+def _drop(handler: _Handler) -> None:
     """Close the connection without (the rest of) a response."""
     handler.close_connection = True
     with contextlib.suppress(OSError):
@@ -1128,6 +1178,25 @@ def _bookmark(kind: str, resource_version: str, *, initial_events_end: bool = Fa
         ).encode()
         + b"\n"
     )
+
+
+def _log_container(pod: dict[str, Any], requested: str) -> str:
+    """The container whose log is asked for: ``requested``, or the only one (400 names the choices)."""
+    name = pod["metadata"]["name"]
+    containers = [c["name"] for c in pod["spec"].get("containers", [])]
+    init_containers = [c["name"] for c in pod["spec"].get("initContainers") or []]
+    if not requested:
+        if len(containers) == 1 and not init_containers:
+            return str(containers[0])
+        choices = (
+            f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
+        )
+        if init_containers:
+            choices += f" or one of the init containers: [{' '.join(init_containers)}]"
+        raise bad_request(choices)
+    if requested not in containers and requested not in init_containers:
+        raise bad_request(f"container {requested} is not valid for pod {name}")
+    return requested
 
 
 def _waiting(pod: dict[str, Any], container: str) -> str:

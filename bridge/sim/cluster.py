@@ -45,9 +45,14 @@ log = logging.getLogger(__name__)
 
 
 class ControlLoop:
-    """One thread running callbacks at their due time, in order; a failing callback is logged and skipped."""
+    """One thread running callbacks at their due time, in order; a failing callback is logged and skipped.
+
+    Skipping keeps a long-running simulator alive, but would hide a kubelet or scheduler bug behind a
+    timeout: every failure is also kept in :attr:`errors`, which test fixtures check at teardown.
+    """
 
     def __init__(self, name: str = "sim-control-loop") -> None:
+        self.errors: list[Exception] = []
         self._due: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()  # ties run in submission order
         self._changed = threading.Condition()
@@ -83,8 +88,9 @@ class ControlLoop:
                 _, _, callback = heapq.heappop(self._due)
             try:
                 callback()
-            except Exception:  # one bad pod must not stop the cluster
+            except Exception as error:  # one bad pod must not stop the cluster
                 log.exception("simulator control loop: callback failed")
+                self.errors.append(error)
 
 
 class Simulator:

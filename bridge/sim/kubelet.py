@@ -1,7 +1,9 @@
 """The simulated kubelet: runs the pods bound to the simulated nodes and reports their status like a real one.
 
 Why: the bridge's watcher turns pod status into task outcomes, so the statuses it sees must be the real ones,
-written in the real order (spec §4.6), one store write (one watch event) per transition:
+written in the real order (the canonical sequences of §4.6 in the team's research notes,
+``../shared/research/kubernetes-pod-api-simulator-spec.md``), one store write (one watch event) per
+transition:
 
 1. first status: ``startTime``, ``hostIP``, containers ``waiting ContainerCreating``, phase Pending;
 2. after the profile's ``kubelet_start`` delay: the sandbox is up (``PodReadyToStartContainers``, ``podIP``)
@@ -53,6 +55,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import heapq
+import ipaddress
 import os
 import random
 import re
@@ -254,6 +258,37 @@ class _Pod:
         return "Succeeded" if succeeded and not self.eviction else "Failed"
 
 
+class PodAddressPool:
+    """The pod IPs of one node, lowest free first, from its own /20 (node 0: 10.244.0.0/20, node 1: .16.0/20).
+
+    Addresses of removed pods are given back, so however long the simulator runs no two live pods share
+    an IP (a node holds at most a few hundred pods; the /20 has room for 4094).
+    """
+
+    _BLOCK = 4096
+    _NETWORK = int(ipaddress.IPv4Address("10.244.0.0"))
+    _FIRST_HOST = 2  # .0 names the network and .1 is the node's bridge, as with the usual CNI plugins
+
+    def __init__(self, node_index: int) -> None:
+        self._base = self._NETWORK + node_index * self._BLOCK
+        self._released: list[int] = []  # a heap of host numbers free for reuse
+        self._next_host = self._FIRST_HOST
+
+    def take(self) -> str:
+        """A pod IP no live pod of this node has."""
+        if self._released:
+            host = heapq.heappop(self._released)
+        elif self._next_host < self._BLOCK - 1:  # the last address is the broadcast address
+            host, self._next_host = self._next_host, self._next_host + 1
+        else:
+            raise RuntimeError(f"all {self._BLOCK - 3} pod IPs of a simulated node are in use")
+        return str(ipaddress.IPv4Address(self._base + host))
+
+    def release(self, address: str) -> None:
+        """The pod holding ``address`` is gone: the address may be handed out again."""
+        heapq.heappush(self._released, int(ipaddress.IPv4Address(address)) - self._base)
+
+
 class Kubelet:
     """Runs the pods bound to ``nodes`` and writes their status; every callback runs on the control loop."""
 
@@ -278,7 +313,7 @@ class Kubelet:
         self._unpullable = unpullable_image
         self._rng = rng
         self._pods: dict[str, _Pod] = {}  # by uid
-        self._ip_counters = dict.fromkeys(self._nodes, 0)
+        self._addresses = {name: PodAddressPool(index) for index, name in enumerate(self._nodes)}
         self._memory_watch: list[tuple[_Pod, _Container]] = []
         self._workdirs: Path | None = None  # holds one working directory per process-mode pod
         self._unsubscribe: Callable[[], None] | None = None
@@ -337,18 +372,16 @@ class Kubelet:
     def _admit(self, pod: dict[str, Any], node: Node) -> _Pod:
         metadata = pod["metadata"]
         annotations = metadata.get("annotations") or {}
-        self._ip_counters[node.name] += 1
-        node_index = list(self._nodes).index(node.name)
-        serial = self._ip_counters[node.name]
         run = _Pod(
             namespace=metadata["namespace"],
             name=metadata["name"],
             uid=metadata["uid"],
             node=node,
-            pod_ip=f"10.244.{node_index}.{serial % 250 + 2}",
+            pod_ip=self._addresses[node.name].take(),
             mode=annotations.get(ANNOTATION_KUBELET, self._mode),
             spec=pod["spec"],
             annotations=annotations,
+            # The kubelet reports containerStatuses sorted by name, whatever the order in the spec.
             containers=[
                 _Container(spec) for spec in sorted(pod["spec"]["containers"], key=lambda c: c["name"])
             ],
@@ -571,6 +604,7 @@ class Kubelet:
     def _discard(self, run: _Pod) -> None:
         """The pod is gone from the API: kill what still runs, drop its logs and working directory."""
         del self._pods[run.uid]
+        self._addresses[run.node.name].release(run.pod_ip)
         self._kill(run)
         self._logs.drop(run.namespace, run.name)
         self._remove_workdir(run)

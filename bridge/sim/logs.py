@@ -117,10 +117,12 @@ class LogStore:
         limit_bytes: int | None = None,
         since_seconds: float | None = None,
         timestamps: bool = False,
-    ) -> bytes:
-        """The log so far, filtered like the kubelet does; KeyError if the container never started."""
+    ) -> bytes | None:
+        """The log so far, filtered like the kubelet does; None if the container never started or is gone."""
         with self._changed:
-            log = self._logs[(namespace, pod, container)]
+            log = self._logs.get((namespace, pod, container))
+            if log is None:
+                return None
             data = _select(log, tail_lines, since_seconds, timestamps)
         return data if limit_bytes is None else data[:limit_bytes]
 
@@ -135,13 +137,16 @@ class LogStore:
         timestamps: bool = False,
         stop: threading.Event | None = None,
     ) -> Iterator[bytes]:
-        """Yield the log (filtered), then new output as it arrives, until the container exits or is dropped.
+        """Yield the log (filtered), then new output as it arrives, until the container exits or is dropped
+        (at once if it is already gone).
 
         ``stop`` ends the stream early (the API server sets it when it shuts down).
         """
         key = (namespace, pod, container)
         with self._changed:
-            log = self._logs[key]
+            log = self._logs.get(key)
+            if log is None:  # never started, or dropped before the stream began: nothing to follow
+                return
             sent = len(log.data)
             first = _select(log, tail_lines, since_seconds, timestamps)
         if first:

@@ -113,6 +113,7 @@ def cluster(tmp_path: Path) -> Iterator[Simulator]:
     """A whole simulated cluster (one node, instant profile) whose kubelet follows pod annotations."""
     with Simulator(kubelet="scripted", kubeconfig=tmp_path / "kubeconfig", seed=1) as simulator:
         yield simulator
+    assert simulator.loop.errors == [], "the kubelet or scheduler failed inside the control loop"
 
 
 @pytest.fixture
@@ -120,3 +121,4 @@ def process_cluster(tmp_path: Path) -> Iterator[Simulator]:
     """A whole simulated cluster (one node, instant profile) whose kubelet runs containers as processes."""
     with Simulator(kubelet="process", kubeconfig=tmp_path / "kubeconfig", seed=1) as simulator:
         yield simulator
+    assert simulator.loop.errors == [], "the kubelet or scheduler failed inside the control loop"

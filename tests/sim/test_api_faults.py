@@ -260,29 +260,19 @@ def test_watches_are_never_throttled_by_max_inflight(
     pod_manifest: PodManifest,
 ) -> None:
     connect(api_server).create_namespaced_pod("default", pod_manifest("existing"))
-    slow_writes = dataclasses.replace(PROFILES["instant"], name="slow-writes", write=Latency(30.0, 30.0))
+    seat_taken = _SignallingLatency(30.0, 30.0)
+    slow_writes = dataclasses.replace(PROFILES["instant"], name="slow-writes", write=seat_taken)
     server = ApiServer(api_server.store, api_server.logs, profile=slow_writes, max_inflight=1)
     server.start()
     try:
         core_v1 = connect(server)
-
         created: list[Any] = []
-
-        def create_slowly() -> None:
-            """Sit in the 30 s write latency holding the only seat (stop() cuts the wait short)."""
-            while True:
-                try:
-                    created.append(core_v1.create_namespaced_pod("default", pod_manifest("slow")))
-                    return
-                except client.ApiException as error:
-                    if error.status != 429:  # 429: a probe below held the seat for a moment
-                        raise
-
-        writer = threading.Thread(target=create_slowly, daemon=True)
+        writer = threading.Thread(  # sits in the 30 s write latency (stop() cuts it short)
+            target=lambda: created.append(core_v1.create_namespaced_pod("default", pod_manifest("slow"))),
+            daemon=True,
+        )
         writer.start()
-        deadline = time.monotonic() + 5
-        while _raw_get_status(server) != 429:
-            assert time.monotonic() < deadline, "the slow create never took the seat"
+        assert seat_taken.started.wait(5), "the slow create never took the seat"
 
         stream = new_watch()
         events = list(stream.stream(core_v1.list_namespaced_pod, "default", timeout_seconds=1))
@@ -293,6 +283,17 @@ def test_watches_are_never_throttled_by_max_inflight(
         server.stop()
     writer.join(5)
     assert [pod.metadata.name for pod in created] == ["slow"]  # stop() let the request in flight finish
+
+
+@dataclasses.dataclass(frozen=True)
+class _SignallingLatency(Latency):
+    """A latency that sets ``started`` when a request begins to wait it out, that is while it holds a seat."""
+
+    started: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def sample(self, rng: random.Random) -> float:
+        self.started.set()
+        return super().sample(rng)
 
 
 def _raw_get_status(server: ApiServer) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client
@@ -118,6 +120,84 @@ def test_follow_ends_when_the_pod_is_dropped(
     assert lines == ["only"]
 
 
+class _PodGoneBeforeTheLogIsRead(LogStore):
+    """The pod's logs are dropped right after the endpoint's checks: a force delete racing the request."""
+
+    def read(self, namespace: str, pod: str, container: str, **options: Any) -> bytes | None:
+        self.drop(namespace, pod)
+        return super().read(namespace, pod, container, **options)
+
+    def follow(self, namespace: str, pod: str, container: str, **options: Any) -> Iterator[bytes]:
+        self.drop(namespace, pod)  # after the 200 header of the stream has gone out
+        return super().follow(namespace, pod, container, **options)
+
+
+class _FailingMidStream(LogStore):
+    """A follow that breaks after its first chunk, as a bug inside the server would."""
+
+    def follow(self, namespace: str, pod: str, container: str, **options: Any) -> Iterator[bytes]:
+        yield b"one\n"
+        raise RuntimeError("a bug in the log store")
+
+
+@pytest.fixture
+def log_server_for(
+    api_server: ApiServer, connect: Callable[[ApiServer], Any], pod_manifest: PodManifest
+) -> Iterator[Callable[[LogStore], tuple[ApiServer, Any]]]:
+    """``log_server_for(logs)``: a server over ``logs`` with a started pod ``job``, and its real client."""
+    servers: list[ApiServer] = []
+
+    def serve(logs: LogStore) -> tuple[ApiServer, Any]:
+        server = ApiServer(api_server.store, logs, profile=api_server.profile)
+        server.start()
+        servers.append(server)
+        core_v1 = connect(server)
+        core_v1.create_namespaced_pod("default", pod_manifest("job", nodeName="node-1"))
+        logs.start("default", "job", "base")
+        logs.append("default", "job", "base", b"one\n")
+        return server, core_v1
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+def test_a_log_read_racing_the_pods_removal_is_404(
+    log_server_for: Callable[[LogStore], tuple[ApiServer, Any]],
+) -> None:
+    _, core_v1 = log_server_for(_PodGoneBeforeTheLogIsRead())
+    with pytest.raises(client.ApiException) as caught:
+        core_v1.read_namespaced_pod_log("job", "default")
+    assert caught.value.status == 404
+    assert _message(caught.value) == 'pods "job" not found'
+
+
+def test_a_follow_racing_the_pods_removal_ends_empty(
+    log_server_for: Callable[[LogStore], tuple[ApiServer, Any]],
+) -> None:
+    _, core_v1 = log_server_for(_PodGoneBeforeTheLogIsRead())
+    response = core_v1.read_namespaced_pod_log("job", "default", follow=True, _preload_content=False)
+    assert response.status == 200
+    assert response.data == b""
+
+
+def test_an_error_mid_stream_cuts_the_connection_instead_of_writing_a_status_into_it(
+    log_server_for: Callable[[LogStore], tuple[ApiServer, Any]],
+) -> None:
+    server, _ = log_server_for(_FailingMidStream())
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as connection:
+        connection.sendall(
+            b"GET /api/v1/namespaces/default/pods/job/log?follow=true HTTP/1.1\r\nHost: sim\r\n\r\n"
+        )
+        received = b""
+        while piece := connection.recv(65536):  # until the server closes the connection
+            received += piece
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert body == b"4\r\none\n\r\n"  # the chunk sent before the error, then no terminating chunk
+
+
 def test_log_store_follow_sees_appends_from_another_thread() -> None:
     logs = LogStore()
     logs.start("ns", "p", "c")
@@ -143,8 +223,9 @@ def test_log_store_tail_counts_a_final_partial_line() -> None:
     assert logs.read("ns", "p", "c", tail_lines=2) == b"b\nc"
     assert logs.read("ns", "p", "c", tail_lines=0) == b""
     assert logs.read("ns", "p", "c", tail_lines=10) == b"a\nb\nc"
-    with pytest.raises(KeyError):
-        logs.read("ns", "p", "other")
+    assert logs.read("ns", "p", "other") is None  # never started
+    logs.drop("ns", "p")
+    assert logs.read("ns", "p", "c") is None  # the pod is gone
 
 
 def test_timestamps_prefix_every_line(api_server: ApiServer, core_v1: Any, bound_pod: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client
@@ -426,6 +428,57 @@ def test_bad_delete_options_are_422_and_delete_nothing(
         core_v1.delete_namespaced_pod("p", "default", **options)
     assert caught.value.status == 422
     assert complaint in _status(caught.value)["message"]
+    assert core_v1.read_namespaced_pod("p", "default").metadata.deletion_timestamp is None
+
+
+def _raw_json(api_server: ApiServer, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """One JSON request over plain http.client: the typed client refuses to send a mistyped body at all,
+    but kubectl --raw, curl and other clients can."""
+    url = urlsplit(api_server.url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    try:
+        connection.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        ({"gracePeriodSeconds": "soon"}, 'gracePeriodSeconds: Invalid value: "soon": must be an integer'),
+        ({"gracePeriodSeconds": True}, "gracePeriodSeconds: Invalid value: true: must be an integer"),
+        ({"preconditions": ["uid"]}, 'preconditions: Invalid value: ["uid"]: must be an object'),
+        ({"preconditions": {"uid": 7}}, "preconditions.uid: Invalid value: 7: must be a string"),
+        ({"dryRun": "All"}, 'dryRun: Invalid value: "All": must be a list'),
+        ({"orphanDependents": "yes"}, 'orphanDependents: Invalid value: "yes": must be true or false'),
+        ([1], "the DELETE body: Invalid value: [1]: must be DeleteOptions"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/v1/namespaces/default/pods/p", "/api/v1/namespaces/default/pods"])
+def test_mistyped_delete_options_are_400_naming_the_field(
+    api_server: ApiServer, core_v1: Any, pod_manifest: PodManifest, path: str, body: Any, complaint: str
+) -> None:
+    core_v1.create_namespaced_pod("default", pod_manifest("p"))
+
+    code, status = _raw_json(api_server, "DELETE", path, body)
+
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert complaint in status["message"]
+    assert core_v1.read_namespaced_pod("p", "default").metadata.deletion_timestamp is None
+
+
+def test_mistyped_eviction_delete_options_are_400_naming_the_field(
+    api_server: ApiServer, core_v1: Any, pod_manifest: PodManifest
+) -> None:
+    core_v1.create_namespaced_pod("default", pod_manifest("p"))
+    eviction = {"metadata": {"name": "p"}, "deleteOptions": {"gracePeriodSeconds": "soon"}}
+
+    code, status = _raw_json(api_server, "POST", "/api/v1/namespaces/default/pods/p/eviction", eviction)
+
+    assert code == 400
+    assert 'deleteOptions.gracePeriodSeconds: Invalid value: "soon"' in status["message"]
     assert core_v1.read_namespaced_pod("p", "default").metadata.deletion_timestamp is None
 
 

@@ -80,6 +80,19 @@ def test_discovery_is_served_with_and_without_trailing_slash(api_server: ApiServ
     assert json.loads(bare[2]) == json.loads(slashed[2])
 
 
+def test_api_discovery_names_the_served_address_even_during_stop(api_server: ApiServer) -> None:
+    url = urlsplit(api_server.url)
+    expected = [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"{url.hostname}:{url.port}"}]
+    status, _, body = _raw(api_server, "GET", "/api")
+    assert (status, json.loads(body)["serverAddressByClientCIDRs"]) == (200, expected)
+
+    api_server.stop()  # a request still in flight when stop() gives up waiting is answered after this
+    late_answer = api_server._discovery("/api")
+
+    assert late_answer is not None
+    assert late_answer["serverAddressByClientCIDRs"] == expected
+
+
 def test_post_without_content_type_is_json(api_server: ApiServer, pod_manifest: PodManifest) -> None:
     body = json.dumps(pod_manifest("raw")).encode()
     status, headers, payload = _raw(api_server, "POST", "/api/v1/namespaces/default/pods", body=body)

@@ -7,6 +7,7 @@ kubelet the real processes behind the pods.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -23,12 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes import client, watch
 
-from bridge.sim.cluster import Simulator
+from bridge.sim.cluster import ControlLoop, Simulator
 from bridge.sim.kubelet import (
     ANNOTATION_EXIT_CODE,
     ANNOTATION_LOG,
     ANNOTATION_OUTCOME,
     ANNOTATION_RUN_SECONDS,
+    PodAddressPool,
 )
 
 NAMESPACE = "default"
@@ -834,3 +836,52 @@ def test_the_process_kubelet_never_runs_a_container_it_could_not_create(
     assert (
         json.loads(str(caught.value.body))["message"] == f'container "base" in pod "{name}" {log_complaint}'
     )
+
+
+def test_the_ip_of_a_removed_pod_goes_to_the_next_pod(cluster_v1: Any) -> None:
+    since = current_rv(cluster_v1)
+    cluster_v1.create_namespaced_pod(
+        NAMESPACE, pod_manifest("first", annotations={ANNOTATION_RUN_SECONDS: "600"})
+    )
+    first = watch_pod(cluster_v1, "first", since, phase_is("Running"))[-1][1]
+    cluster_v1.delete_namespaced_pod("first", NAMESPACE, grace_period_seconds=0)
+    watch_pod(cluster_v1, "first", first.metadata.resource_version, lambda kind, _p: kind == "DELETED")
+
+    since = current_rv(cluster_v1)
+    cluster_v1.create_namespaced_pod(
+        NAMESPACE, pod_manifest("second", annotations={ANNOTATION_RUN_SECONDS: "600"})
+    )
+    second = watch_pod(cluster_v1, "second", since, phase_is("Running"))[-1][1]
+
+    assert second.status.pod_ip == first.status.pod_ip
+
+
+def test_pod_ips_of_a_node_stay_unique_and_inside_its_own_block() -> None:
+    node_0, node_1 = PodAddressPool(0), PodAddressPool(1)
+    taken = [node_0.take() for _ in range(600)]  # more than one /24 holds
+    other_node = {node_1.take() for _ in range(600)}
+
+    assert len(set(taken)) == len(taken)
+    assert not other_node & set(taken)
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.244.0.0/20") for ip in taken)
+    node_0.release(taken[7])
+    assert node_0.take() == taken[7]
+    assert node_0.take() not in taken
+
+
+def test_a_failing_control_loop_callback_is_recorded_and_the_loop_goes_on() -> None:
+    loop = ControlLoop()
+    later_ran = threading.Event()
+    bug = KeyError("a kubelet bug")
+
+    def broken() -> None:
+        raise bug
+
+    loop.start()
+    try:
+        loop.call_later(0, broken)
+        loop.call_later(0, later_ran.set)
+        assert later_ran.wait(5)
+    finally:
+        loop.stop()
+    assert loop.errors == [bug]
