@@ -16,6 +16,7 @@ import configparser
 import json
 import os
 import re
+import socket
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -321,8 +322,7 @@ PULL_POLICY = choice(*IMAGE_PULL_POLICIES, optional=True)
 # --- the table -------------------------------------------------------------------------------------------
 
 
-# Who reads an option. The dispatcher and watcher arrive with the pipeline; until then their options are
-# checked and documented, so a configuration written today keeps working.
+# Who reads an option: the docs list it, so an operator knows which processes need a restart after a change.
 POD_BUILDER = "pod builder"
 DISPATCHER = "dispatcher"
 WATCHER = "watcher"
@@ -396,8 +396,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(KUBERNETES, "worker_pod_pending_fatal_container_state_reasons", CSV, FATAL_PENDING_REASONS,
            "Container waiting reasons that fail a Pending pod at once instead of waiting for the timeout.",
            (WATCHER,)),
-    Option(KUBERNETES, "task_publish_max_retries", integer(0, 100), "3",
-           "Retries of a pod create that hit a retryable API error (409, 429, 5xx) before failing the task.",
+    Option(KUBERNETES, "task_publish_max_retries", integer(0, 100), "5",
+           "Retries of a pod create after 429, 5xx or a connection error, within dispatch_deadline_seconds.",
            (DISPATCHER,)),
     Option(KUBERNETES, "in_cluster", BOOLEAN, "True",
            "Use the pod's service account to reach the API; False uses config_file and cluster_context.",
@@ -444,6 +444,22 @@ OPTIONS: tuple[Option, ...] = (
            (EXECUTOR, DISPATCHER), secret=True),
     Option(BRIDGE, "signing_key_file", FILE_PATH, "", "File whose content (stripped) is the signing key.",
            (EXECUTOR, DISPATCHER)),
+    Option(BRIDGE, "consumer_group", QUEUE_NAME, "executor",
+           "Consumer group the executor reads the result stream with.", (EXECUTOR,)),
+    Option(BRIDGE, "consumer_name", TEXT, "",
+           "Executor's consumer name, stable across restarts; empty means the host name.", (EXECUTOR,)),
+    Option(BRIDGE, "result_batch_size", integer(1, 100_000), "500",
+           "Outcomes read from the result stream per round trip in sync().", (EXECUTOR,)),
+    Option(BRIDGE, "job_timeout_seconds", integer(10, 3600), "120",
+           "rq job timeout of one pod launch; above dispatch_deadline_seconds.", (EXECUTOR, DISPATCHER)),
+    Option(BRIDGE, "dispatch_deadline_seconds", integer(1, 3600), "60",
+           "Time a dispatcher spends retrying one pod create before failing the task.", (DISPATCHER,)),
+    Option(BRIDGE, "dispatcher_lease_seconds", integer(2, 600), "10",
+           "A dispatcher silent this long is dead: its jobs go back to the queue.", (DISPATCHER,)),
+    Option(BRIDGE, "watcher_lease_seconds", integer(2, 600), "15",
+           "Leader lease of the watcher of a namespace; a standby takes over within it.", (WATCHER,)),
+    Option(BRIDGE, "record_ttl_seconds", integer(60, 90 * 24 * 3600), "604800",
+           "How long a task try's record and a failed rq job are kept.", EVERY_PROCESS),
 )  # fmt: skip
 
 
@@ -723,6 +739,14 @@ class KubeConfig:
     result_stream: str
     signing_key: str | None
     signing_key_file: Path | None
+    consumer_group: str
+    consumer_name: str
+    result_batch_size: int
+    job_timeout_seconds: int
+    dispatch_deadline_seconds: int
+    dispatcher_lease_seconds: int
+    watcher_lease_seconds: int
+    record_ttl_seconds: int
     # free-form sections
     kubernetes_labels: dict[str, str]
     kubernetes_annotations: dict[str, str]
@@ -803,6 +827,7 @@ class KubeConfig:
                     Problem(self._raw.subject(KUBERNETES, "pod_template_file"), str(exc))
                 )
         self.result_stream = self.result_stream or f"{self.key_prefix}:results"
+        self.consumer_name = self.consumer_name or socket.gethostname()
         if not self.signing_key and self.signing_key_file is not None:
             self.signing_key = self._read_signing_key(self.signing_key_file)
         self.signing_key = self.signing_key or None
@@ -848,6 +873,10 @@ class KubeConfig:
             yield self._problem(
                 BRIDGE, "signing_key_file", str(self.signing_key_file), "signing_key is set too; keep one"
             )
+        if self.dispatch_deadline_seconds >= self.job_timeout_seconds:
+            deadline, timeout = self.dispatch_deadline_seconds, self.job_timeout_seconds
+            expected = f"must be below job_timeout_seconds ({timeout}), so rq never kills a retrying launch"
+            yield self._problem(BRIDGE, "dispatch_deadline_seconds", str(deadline), expected)
         if self.signing_key is not None and len(self.signing_key) < MIN_SIGNING_KEY_LENGTH:
             expected = f"expected at least {MIN_SIGNING_KEY_LENGTH} characters, e.g. `openssl rand -hex 32`"
             yield self._problem(BRIDGE, "signing_key" if key_text else "signing_key_file", REDACTED, expected)

@@ -237,9 +237,18 @@ SAMPLE_VALUES: dict[str, str] = {
     "result_stream": "blue:outcomes",
     "signing_key": "k" * 40,
     "signing_key_file": "<key file>",
+    "consumer_group": "scheduler-b",
+    "consumer_name": "scheduler-host-2",
+    "result_batch_size": "50",
+    "job_timeout_seconds": "300",
+    "dispatch_deadline_seconds": "20",
+    "dispatcher_lease_seconds": "30",
+    "watcher_lease_seconds": "40",
+    "record_ttl_seconds": "3600",
 }
 # Options that are only valid together with another one.
 COMPANIONS = {
+    "job_timeout_seconds": "dispatch_deadline_seconds",
     "worker_container_repository": "worker_container_tag",
     "worker_container_tag": "worker_container_repository",
     "cluster_context": "in_cluster",
