@@ -1,13 +1,16 @@
-"""Shared fixtures: a private Redis server for the whole session, clean for every test."""
+"""Shared fixtures: a private Redis server for the session (clean for every test) and a simulated cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from bridge.config import KubeConfig
 from bridge.redis_server import RESERVED_PORT, RedisServer
+from bridge.sim.cluster import Simulator
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,37 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    """An in-process simulated cluster (scripted kubelet: pods follow their sim.kbridge.io annotations)."""
+    with Simulator(kubelet="scripted", kubeconfig=tmp_path / "kubeconfig.yaml", seed=7) as cluster:
+        yield cluster
+    assert not cluster.loop.errors, cluster.loop.errors
+
+
+@pytest.fixture
+def bridge_config(
+    redis_server: RedisServer, redis_client: redis.Redis, simulator: Simulator
+) -> Callable[..., KubeConfig]:
+    """``bridge_config(bridge={...}, kubernetes={...})``: settings for the session Redis and the simulator.
+
+    Depends on ``redis_client`` so the Redis database is empty when the test starts.
+    """
+
+    def make(**sections: dict[str, str]) -> KubeConfig:
+        settings: dict[str, dict[str, str]] = {
+            "kubernetes": {
+                "in_cluster": "False",
+                "config_file": str(simulator.kubeconfig_path),
+                "worker_container_repository": "python",
+                "worker_container_tag": "3.12-slim",
+            },
+            "bridge": {"redis_url": redis_server.url},
+        }
+        for section, values in sections.items():
+            settings.setdefault(section, {}).update(values)
+        return KubeConfig(settings)
+
+    return make
