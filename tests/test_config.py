@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -794,3 +795,17 @@ def test_console_script_reports_a_file_full_of_errors_on_one_screen_without_trac
     assert max(map(len, lines[1:])) <= 180, "each problem fits two lines of a wide terminal"
     for section, key in BAD_FILE_ENTRIES:
         assert sum(line.startswith(f"  - [{section}] {key} = ") for line in lines) == 1, key
+
+
+def test_the_dispatch_deadline_must_fit_inside_the_job_timeout() -> None:
+    settings = {"bridge": {"job_timeout_seconds": "60", "dispatch_deadline_seconds": "60"}}
+    with pytest.raises(
+        ConfigError, match=r"dispatch_deadline_seconds = '60': must be below job_timeout_seconds \(60\)"
+    ):
+        KubeConfig(settings)
+    assert KubeConfig({"bridge": {"job_timeout_seconds": "61", "dispatch_deadline_seconds": "60"}})
+
+
+def test_the_consumer_name_defaults_to_the_host_name() -> None:
+    assert KubeConfig().consumer_name == socket.gethostname()
+    assert KubeConfig({"bridge": {"consumer_name": "scheduler-1"}}).consumer_name == "scheduler-1"
