@@ -1,0 +1,393 @@
+"""The scheduler-side executor: queue task tries as rq jobs, turn the result stream into task states.
+
+It keeps the interface of Airflow's ``KubernetesExecutor`` (``start``, ``execute_async``, ``sync``, ``end``,
+``terminate``, ``running``, ``event_buffer``), but never talks to Kubernetes. The scheduler loop must stay
+fast and must survive Redis outages, so:
+
+* ``execute_async`` only validates the task and builds its rq job in memory (microseconds, no I/O);
+  a bad command, ``executor_config`` or queue name fails that task alone, with the reason in the event
+  buffer, instead of raising into the scheduler.
+* ``sync`` writes every job queued since the last call in one round trip (:class:`~bridge.queue.TaskQueue`)
+  and then applies outcomes from the result stream (:class:`~bridge.results.ResultReader`), acknowledging
+  them only after they are applied. When Redis is unreachable it logs, keeps the unsent jobs and returns;
+  the next call sends them. Nothing raises into the scheduler loop.
+* Each try's record in Redis (:mod:`bridge.records`) is the memory that survives a scheduler restart:
+  ``clear_not_launched_queued_tasks`` adopts tries that are queued or running and reports terminal ones.
+
+Task keys: anything Airflow passes as a ``TaskInstanceKey`` works, i.e. a
+:class:`~bridge.task_key.TaskKey` or any 5-tuple ``(dag_id, task_id, run_id, try_number, map_index)``.
+``running`` and ``event_buffer`` hold :class:`~bridge.task_key.TaskKey` objects, which compare and hash
+equal to the plain tuples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bridge.config import QUEUE_NAME, KubeConfig, load_config
+from bridge.connection import MAX_BLOCK_SECONDS, redis_from_config
+from bridge.errors import UserInputError
+from bridge.executor_config import parse_executor_config
+from bridge.protocol import (
+    TERMINAL_STATES,
+    Keys,
+    LaunchRequest,
+    Outcome,
+    TryRecord,
+    TryState,
+    job_id_for,
+    utc_now,
+)
+from bridge.queue import DEAD_JOB_STATUSES, PreparedJob, RevokeAction, TaskQueue
+from bridge.records import TryRecords
+from bridge.results import Entry, ResultReader
+from bridge.task_key import TaskKey, TaskKeyError
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# The states the event buffer reports, as Airflow's TaskInstanceState values.
+RUNNING, SUCCESS, FAILED = "running", "success", "failed"
+_EVENT_STATE = {TryState.RUNNING: RUNNING, TryState.SUCCESS: SUCCESS}  # anything else terminal: failed
+# Record states that mean a dispatcher launched the pod (or is about to report on it).
+_LAUNCHED_STATES = frozenset({TryState.LAUNCHED, TryState.PENDING, TryState.RUNNING})
+TRIM_INTERVAL_SECONDS = 30.0
+READS_PER_SYNC = 10  # batches of outcomes applied per sync(), so one call never runs unbounded
+_RETRY_PAUSE_SECONDS = 1.0  # end() between attempts while Redis is unreachable
+
+
+class InvalidTask(UserInputError):
+    """A task handed to ``execute_async`` cannot be run as given; the message says what to change."""
+
+
+TaskKeyLike = TaskKey | tuple[Any, ...]
+
+
+def task_key(key: TaskKeyLike) -> TaskKey:
+    """``key`` as a :class:`TaskKey`; raises :class:`TaskKeyError` if it is not a valid 5-tuple."""
+    if not isinstance(key, tuple) or len(key) != 5:
+        raise TaskKeyError(f"task key must be (dag_id, task_id, run_id, try_number, map_index), got {key!r}")
+    return TaskKey.from_dict(TaskKey(*key).as_dict())
+
+
+class KubernetesExecutor:
+    """Runs Airflow task tries as Kubernetes pods through Redis (see the module docstring).
+
+    ``config`` defaults to :func:`bridge.config.load_config` (``$KBRIDGE_CONFIG`` and ``KBRIDGE__*``);
+    ``redis`` defaults to a client for ``[bridge] redis_url``.
+    """
+
+    def __init__(self, config: KubeConfig | None = None, *, redis: Redis | None = None) -> None:
+        self.config = config if config is not None else load_config()
+        self.redis = redis if redis is not None else redis_from_config(self.config)
+        self.keys = Keys(self.config.key_prefix, self.config.result_stream)
+        self.queue = TaskQueue(self.redis, self.keys, self.config)
+        self.records = TryRecords(self.redis, self.keys, self.config.record_ttl_seconds)
+        self.reader = ResultReader(
+            self.redis,
+            self.keys,
+            self.config.consumer_group,
+            self.config.consumer_name,
+            self.config.result_batch_size,
+        )
+        self.running: set[TaskKey] = set()
+        self.event_buffer: dict[TaskKey, tuple[str, Outcome]] = {}
+        self._batch: list[PreparedJob] = []  # built by execute_async, not yet written to Redis
+        self._duplicates: list[TaskKey] = []  # enqueued before by someone: settle from their records
+        self._unacked: list[str] = []  # applied outcomes whose XACK has not gone through yet
+        self._reported_running: set[TaskKey] = set()
+        self._last_trim = time.monotonic()
+        self._redis_down = False
+
+    # --- the scheduler's interface ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make sure the consumer group exists; an unreachable Redis is retried by every sync()."""
+        log.info(
+            "Starting the Kubernetes executor (queue %s, results %s, group %s, consumer %s)",
+            self.config.queue_name,
+            self.keys.results,
+            self.reader.group,
+            self.reader.consumer,
+        )
+        self._guard(self.reader.ensure_group)
+
+    def execute_async(
+        self,
+        key: TaskKeyLike,
+        command: Sequence[str],
+        queue: str | None = None,
+        executor_config: Any = None,
+    ) -> None:
+        """Queue one task try; it reaches Redis at the next :meth:`sync` (or :meth:`flush`).
+
+        ``command`` is the argv list of the worker container. A task that cannot be run as given (a
+        command that is a string, an invalid ``executor_config`` or queue name) is failed at once: its
+        event says why, and nothing is raised. A malformed ``key`` raises :class:`TaskKeyError`: there is
+        no task to fail.
+        """
+        task = task_key(key)
+        if task in self.running:
+            log.warning("Task %s is already running here; not queueing it again", task)
+            return
+        try:
+            request = LaunchRequest(
+                key=task,
+                argv=_argv(command),
+                queue=self._queue_name(queue),
+                pod_config=parse_executor_config(executor_config).as_dict() if executor_config else {},
+                enqueued_at=utc_now(),
+            )
+            prepared = self.queue.build(request)
+        except (UserInputError, TypeError, ValueError) as exc:
+            log.error("Task %s cannot be queued: %s", task, exc)
+            self._event(
+                Outcome(task, TryState.FAILED, reason="InvalidTask", message=str(exc), source="executor")
+            )
+            return
+        self.running.add(task)
+        self._batch.append(prepared)
+
+    def flush(self) -> bool:
+        """Write the queued jobs in one round trip; False (jobs kept for the next call) if Redis failed."""
+        if not self._batch:
+            return True
+        batch = self._batch
+        flags = self._guard(self.queue.enqueue, batch)
+        if flags is None:
+            return False
+        self._batch = []
+        self._duplicates += [job.key for job, fresh in zip(batch, flags, strict=True) if not fresh]
+        log.debug("Queued %d task(s), %d already known", len(batch), len(batch) - sum(flags))
+        return True
+
+    def sync(self) -> None:
+        """Send queued jobs, apply available outcomes (up to a cap per call), ack them, trim now and then."""
+        # Outcomes are still read when only the enqueue script failed, not when Redis is unreachable.
+        if self.flush() or not self._redis_down:
+            self._guard(self._sync, None)
+
+    def get_event_buffer(self, dag_ids: Iterable[str] | None = None) -> dict[TaskKey, tuple[str, Outcome]]:
+        """Return and forget the events (of ``dag_ids`` only, if given)."""
+        if dag_ids is None:
+            events, self.event_buffer = self.event_buffer, {}
+            return events
+        wanted = set(dag_ids)
+        events = {key: event for key, event in self.event_buffer.items() if key.dag_id in wanted}
+        for key in events:
+            del self.event_buffer[key]
+        return events
+
+    def end(self, timeout: float | None = None) -> None:
+        """Send queued jobs, then wait for every running try to finish (or ``timeout`` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        block_ms: int | None = None
+        while True:
+            sent = self.flush()
+            healthy = (sent or not self._redis_down) and self._guard(self._sync, block_ms) is not None
+            if not self.running:
+                log.info("All tasks finished")
+                return
+            left = MAX_BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                log.warning("Stopped waiting with %d task(s) still running", len(self.running))
+                return
+            block_ms = max(1, int(min(left, MAX_BLOCK_SECONDS) * 1000)) if healthy else None
+            if not healthy:
+                time.sleep(min(left, _RETRY_PAUSE_SECONDS))  # Redis unreachable: try again shortly
+
+    def terminate(self) -> None:
+        """Revoke every running try: queued ones leave their queue, launched ones get their pod deleted.
+
+        Every running try is reported failed at once; the scheduler does not wait for the pods to go.
+        """
+        self.flush()
+        for key in sorted(self.running):
+            self.revoke(key)
+            if key in self.running:
+                message = "executor terminated"
+                self._event(
+                    Outcome(key, TryState.REVOKED, reason="Revoked", message=message, source="executor")
+                )
+
+    def revoke(self, key: TaskKeyLike) -> bool:
+        """Stop one try; True if it was taken off its queue or its pod deletion was queued.
+
+        Its outcome (revoked, reported as failed) arrives through the result stream as usual.
+        """
+        task = task_key(key)
+        unsent = [job for job in self._batch if job.key == task]
+        if unsent:  # never reached Redis: nothing else will report on it
+            self._batch = [job for job in self._batch if job.key != task]
+            message = "revoked before it was queued"
+            self._event(Outcome(task, TryState.REVOKED, reason="Revoked", message=message, source="executor"))
+            return True
+        result = self._guard(self.queue.revoke, task, self.config.namespace)
+        if result is None:
+            return False
+        log.info("Revoking %s: %s (was %s)", task, result.action.value, result.state)
+        return result.action in (RevokeAction.DEQUEUED, RevokeAction.DELETE_QUEUED)
+
+    def clear_not_launched_queued_tasks(self, queued: Iterable[TaskKeyLike]) -> list[TaskKey]:
+        """After a scheduler restart: of the tries the scheduler believes queued, return those never launched.
+
+        Per try, from its record and rq job (one round trip): a terminal record reports its outcome now;
+        a launched (or pending, running) record, or a live rq job, is adopted into ``running``; anything
+        else was never launched and is returned, for the scheduler to queue again. If Redis is
+        unreachable, nothing is decided and the empty list is returned (call again later).
+        """
+        keys = [task_key(key) for key in queued]
+        found = self._guard(self._records_and_statuses, keys)
+        if found is None:
+            return []
+        not_launched: list[TaskKey] = []
+        for key, (record, status) in zip(keys, found, strict=True):
+            if record is not None and record.terminal:
+                self._event(_outcome_from_record(record))
+            elif record is not None and (
+                record.state in _LAUNCHED_STATES or record.revoked or status not in (None, *DEAD_JOB_STATUSES)
+            ):
+                self.running.add(key)
+                log.info("Adopted %s (%s)", key, record.state.value)
+            else:
+                not_launched.append(key)
+        if not_launched:
+            log.info("%d queued task(s) were never launched: %s", len(not_launched), not_launched)
+        return not_launched
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _sync(self, block_ms: int | None) -> bool:
+        self._settle_duplicates()
+        if self._unacked:
+            self.reader.ack(self._unacked)
+            self._unacked = []
+        for _read in range(READS_PER_SYNC):
+            entries = self.reader.read(block_ms)
+            block_ms = None
+            if not entries:
+                break
+            self._apply(entries)
+            self._unacked = [entry_id for entry_id, _ in entries]
+            self.reader.ack(self._unacked)
+            self._unacked = []
+            if len(entries) < self.reader.batch_size:
+                break
+        if time.monotonic() - self._last_trim >= TRIM_INTERVAL_SECONDS:
+            self.reader.trim_acknowledged()
+            self._last_trim = time.monotonic()
+        return True
+
+    def _apply(self, entries: list[Entry]) -> None:
+        for _entry_id, outcome in entries:
+            if outcome is None or outcome.key not in self.running:
+                continue  # malformed (logged by the reader), a duplicate, or not ours
+            if outcome.state is TryState.RUNNING:
+                if outcome.key in self._reported_running:
+                    continue
+                self._reported_running.add(outcome.key)
+            self._event(outcome)
+
+    def _event(self, outcome: Outcome) -> None:
+        state = _EVENT_STATE.get(outcome.state, FAILED)
+        key = outcome.key
+        if outcome.state in TERMINAL_STATES:
+            self.running.discard(key)
+            self._reported_running.discard(key)
+        detail = " ".join(part for part in (outcome.reason, outcome.message) if part)
+        log.info("Changing state of %s to %s%s", key, state, f" ({detail})" if detail else "")
+        self.event_buffer[key] = (state, outcome)
+
+    def _settle_duplicates(self) -> None:
+        """Tries enqueued before (e.g. by an earlier scheduler): report finished ones from their record."""
+        if not self._duplicates:
+            return
+        records = self.records.get_many([job_id_for(key) for key in self._duplicates])
+        for key in self._duplicates:
+            record = records[job_id_for(key)]
+            if record is not None and record.terminal and key in self.running:
+                self._event(_outcome_from_record(record))
+            else:
+                log.info("Task %s was queued before; waiting for its outcome", key)
+        self._duplicates = []
+
+    def _records_and_statuses(self, keys: list[TaskKey]) -> list[tuple[TryRecord | None, str | None]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            job_id = job_id_for(key)
+            pipe.hgetall(self.keys.try_record(job_id))
+            pipe.hget(self.keys.rq_job(job_id), "status")
+        replies = pipe.execute()
+        found: list[tuple[TryRecord | None, str | None]] = []
+        for raw, status in zip(replies[::2], replies[1::2], strict=True):
+            try:
+                record = TryRecord.from_hash(raw) if raw else None
+            except UserInputError as exc:
+                log.warning("Unreadable try record, treated as missing: %s", exc)
+                record = None
+            found.append((record, status.decode() if isinstance(status, bytes) else status))
+        return found
+
+    def _queue_name(self, queue: object) -> str:
+        if queue is None:
+            return self.config.queue_name
+        if not isinstance(queue, str):
+            raise InvalidTask(f"queue must be a string naming an rq queue, got {type(queue).__name__}")
+        try:
+            return str(QUEUE_NAME.parse(queue))
+        except ValueError as exc:
+            raise InvalidTask(f"queue {queue!r} is not a valid rq queue name: {exc}") from None
+
+    def _guard(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """``call(...)``, or None after logging if Redis failed: the scheduler loop must go on."""
+        try:
+            result = call(*args, **kwargs)
+        except RedisError as exc:
+            # An outage is logged once; a refused command (e.g. Redis out of memory) every time.
+            outage = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+            level = logging.DEBUG if outage and self._redis_down else logging.WARNING
+            what = "unavailable" if outage else "refused a command"
+            log.log(level, "Redis %s (%s: %s); will retry on the next sync", what, type(exc).__name__, exc)
+            self._redis_down = self._redis_down or outage
+            return None
+        if self._redis_down:
+            log.info("Redis reachable again")
+            self._redis_down = False
+        return result
+
+
+def _argv(command: object) -> tuple[str, ...]:
+    if isinstance(command, str | bytes):
+        raise InvalidTask(
+            f"command must be a list of strings (argv), got a string {command!r}; "
+            "pass e.g. ['airflow', 'tasks', 'run', ...] instead of one shell line"
+        )
+    if not isinstance(command, list | tuple) or not command:
+        raise InvalidTask(f"command must be a non-empty list of strings (argv), got {command!r}")
+    bad = [arg for arg in command if not isinstance(arg, str)]
+    if bad:
+        raise InvalidTask(f"command must contain only strings, got {bad!r} in {command!r}")
+    return tuple(command)
+
+
+def _outcome_from_record(record: TryRecord) -> Outcome:
+    return Outcome(
+        key=record.key,
+        state=record.state,
+        reason=record.reason,
+        message=record.message,
+        exit_code=record.exit_code,
+        pod=record.pod,
+        namespace=record.namespace,
+        at=record.updated_at,
+        source="record",
+    )

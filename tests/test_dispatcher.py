@@ -1,0 +1,614 @@
+"""The dispatcher against real Redis and the simulated API server, through the real kubernetes client.
+
+Most tests run the worker in burst mode in this process (it empties the queue, then returns); the process
+tests run ``kbridge dispatcher`` itself: in burst mode, two at once, stopped by SIGTERM mid-job and killed by
+SIGKILL mid-job (another dispatcher must requeue and launch that job within a couple of leases).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import rq
+
+from bridge.config import KubeConfig
+from bridge.connection import redis_from_config
+from bridge.errors import UserInputError
+from bridge.executor_config import parse_executor_config
+from bridge.jobs import SERIALIZER, BridgeJob
+from bridge.protocol import (
+    DELETE_POD,
+    JOB_RESULT_TTL_SECONDS,
+    LAUNCH_POD,
+    DeleteRequest,
+    Keys,
+    LaunchRequest,
+    Outcome,
+    TryRecord,
+    TryState,
+    job_id_for,
+    signature,
+)
+from bridge.records import TryRecords
+from bridge.redis_server import RedisServer, free_loopback_port
+from bridge.sim.cluster import Simulator
+from bridge.task_key import TaskKey
+from bridge.worker_pod import build_worker_pod
+from workers.dispatcher import Dispatcher, DispatcherWorker, build_worker, main
+from workers.kube_client import core_v1
+from workers.reaper import Heartbeat
+
+QUEUE = "kbridge"
+KEYS = Keys("kbridge")
+ARGV = ("python", "-c", "print('hi')")
+ConfigFactory = Callable[..., KubeConfig]
+
+
+def key(n: int = 1, *, try_number: int = 1) -> TaskKey:
+    return TaskKey("dag", f"task{n}", "run1", try_number)
+
+
+def touch_marker(path: str) -> None:
+    """What a forbidden job would run: leaves a file behind if it is ever called."""
+    Path(path).write_text("called")
+
+
+def enqueue(
+    client: redis.Redis,
+    task: TaskKey,
+    *,
+    pod_config: dict[str, Any] | None = None,
+    signing_key: str | None = None,
+    func: str = LAUNCH_POD,
+    args: list[Any] | None = None,
+    job_id: str | None = None,
+) -> str:
+    """Enqueue a launch job as the executor does (rq job + queued try record); returns the job id."""
+    request = LaunchRequest(task, ARGV, QUEUE, pod_config or {})
+    job_id = job_id or request.job_id
+    job = BridgeJob.create(
+        func,
+        args=[request.to_payload(signing_key)] if args is None else args,
+        id=job_id,
+        connection=client,
+        serializer=SERIALIZER,
+        timeout=120,
+        result_ttl=JOB_RESULT_TTL_SECONDS,
+    )
+    rq.Queue(QUEUE, connection=client, job_class=BridgeJob, serializer=SERIALIZER).enqueue_job(job)
+    TryRecords(client, KEYS, 600).advance(TryRecord(task, TryState.QUEUED, queue=QUEUE))
+    return job_id
+
+
+def run_burst(config: KubeConfig) -> DispatcherWorker:
+    worker = build_worker(config, redis=redis_from_config(config))
+    worker.work(burst=True)
+    return worker
+
+
+def record(client: redis.Redis, task: TaskKey) -> TryRecord:
+    found = TryRecords(client, KEYS, 600).get(job_id_for(task))
+    assert found is not None
+    return found
+
+
+def outcomes(client: redis.Redis) -> list[Outcome]:
+    entries: Any = client.xrange(KEYS.results)
+    return [Outcome.from_fields(fields) for _, fields in entries]
+
+
+def api(simulator: Simulator) -> Any:
+    """The simulator's client, typed loosely: its models accept plain API dicts."""
+    return simulator.core_v1()
+
+
+def pods(simulator: Simulator) -> dict[str, Any]:
+    return {pod.metadata.name: pod for pod in api(simulator).list_namespaced_pod("default").items}
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def job_result(client: redis.Redis, job_id: str) -> Any:
+    job = rq.job.Job.fetch(job_id, connection=client, serializer=SERIALIZER)
+    return job.return_value()
+
+
+def is_subset(expected: Any, actual: Any) -> bool:
+    """Every field of ``expected`` is in ``actual`` with the same value (the API server adds defaults)."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(is_subset(v, actual.get(k)) for k, v in expected.items())
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(expected) == len(actual)
+            and all(is_subset(e, a) for e, a in zip(expected, actual, strict=True))
+        )
+    return bool(expected == actual)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# --- launching ---------------------------------------------------------------------------------------------
+
+
+def test_a_launch_creates_exactly_the_built_pod(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    pod_config = {"KubernetesExecutor": {"request_memory": "64Mi"}}
+    job_id = enqueue(redis_client, key(), pod_config=pod_config)
+    worker = run_burst(config)
+
+    expected = build_worker_pod(key(), ARGV, parse_executor_config(pod_config), config)
+    created = api(simulator).api_client.sanitize_for_serialization(pods(simulator)[job_id])
+    assert is_subset(expected["metadata"], created["metadata"])
+    assert is_subset(expected["spec"]["containers"], created["spec"]["containers"])
+    assert created["spec"]["restartPolicy"] == "Never"
+    launched = record(redis_client, key())
+    assert (launched.state, launched.pod, launched.namespace) == (TryState.LAUNCHED, job_id, "default")
+    assert TryRecords(redis_client, KEYS, 600).in_flight() == [job_id]
+    assert outcomes(redis_client) == []  # "launched" is not streamed; the watcher reports running/ended
+    assert job_result(redis_client, job_id) == {
+        "job_id": job_id, "result": "launched", "pod": job_id, "namespace": "default", "how": "created",
+    }  # fmt: skip
+    assert redis_client.zscore(KEYS.dispatchers, worker.name) is None  # left the set on a clean stop
+
+
+def test_a_job_delivered_twice_makes_one_pod(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    job_id = enqueue(redis_client, key())
+    redis_client.rpush(Keys.rq_queue(QUEUE), job_id)  # the same job id queued again (a requeue, a replay)
+    run_burst(bridge_config())
+    assert list(pods(simulator)) == [job_id]
+    assert job_result(redis_client, job_id) == {"job_id": job_id, "result": "skipped", "state": "launched"}
+
+
+def test_an_existing_pod_of_the_same_try_counts_as_launched(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    job_id = enqueue(redis_client, key())
+    # A dispatcher created the pod and died before recording it: the relaunch gets 409 and checks the pod.
+    api(simulator).create_namespaced_pod("default", build_worker_pod(key(), ARGV, None, config))
+    run_burst(config)
+    assert list(pods(simulator)) == [job_id]
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    assert job_result(redis_client, job_id)["how"] == "already existed"
+
+
+def test_a_pod_of_another_try_holding_the_name_is_a_name_conflict(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    job_id = enqueue(redis_client, key())
+    squatter = build_worker_pod(key(2), ARGV, None, config)
+    squatter["metadata"]["name"] = job_id
+    api(simulator).create_namespaced_pod("default", squatter)
+    run_burst(config)
+    failed = record(redis_client, key())
+    assert (failed.state, failed.reason) == (TryState.FAILED, "NameConflict")
+    assert "another try (dag.task2 run=run1 try=1)" in failed.message
+    [outcome] = outcomes(redis_client)
+    assert (outcome.state, outcome.reason, outcome.source) == (TryState.FAILED, "NameConflict", "dispatcher")
+    assert pods(simulator)[job_id].metadata.annotations["task_id"] == "task2"  # left alone
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 429, "retry_after": 1, "count": 1},
+        {"status": 503, "count": 2},
+        {"status": 500, "count": 1},
+        {"action": "drop", "count": 2},
+    ],
+    ids=["429-retry-after", "503", "500", "dropped-connection"],
+)
+def test_throttling_server_errors_and_dropped_connections_are_retried(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator, fault: dict[str, Any]
+) -> None:
+    injected = simulator.faults.inject(verb="create", **fault)
+    job_id = enqueue(redis_client, key())
+    started = time.monotonic()
+    run_burst(bridge_config())
+    assert injected.hits == fault["count"]
+    assert list(pods(simulator)) == [job_id]
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    if fault.get("retry_after"):
+        assert time.monotonic() - started >= fault["retry_after"]  # Retry-After was honoured
+
+
+def test_exhausted_retries_fail_the_task_and_the_worker_goes_on(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(kubernetes={"task_publish_max_retries": "2"})
+    injected = simulator.faults.inject(verb="create", status=503, count=3)  # 1 try + 2 retries, all 503
+    enqueue(redis_client, key(1))
+    second = enqueue(redis_client, key(2))
+    run_burst(config)
+    failed = record(redis_client, key(1))
+    assert (failed.state, failed.reason) == (TryState.FAILED, "ApiUnavailable")
+    assert "3 attempt(s)" in failed.message
+    assert "at most 2 retries" in failed.message
+    assert "HTTP 503" in failed.message
+    assert injected.hits == 3
+    assert list(pods(simulator)) == [second]
+    assert record(redis_client, key(2)).state is TryState.LAUNCHED
+
+
+def test_a_retry_after_beyond_the_deadline_fails_at_once(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(bridge={"dispatch_deadline_seconds": "2"})
+    fault = simulator.faults.inject(verb="create", status=429, retry_after=5, count=None)
+    enqueue(redis_client, key())
+    run_burst(config)
+    assert fault.hits == 1  # waiting 5 s would end past the deadline: no second attempt
+    failed = record(redis_client, key())
+    assert (failed.state, failed.reason) == (TryState.FAILED, "ApiUnavailable")
+    assert "HTTP 429" in failed.message
+    assert "dispatch_deadline_seconds = 2" in failed.message
+    assert "1 attempt(s)" in failed.message
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"containers": [{"name": "base", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}]},
+         "spec.containers[0].volumeMounts[0].name"),
+        ({"containers": [{"name": "base", "resources": {"limits": {"memory": "lots"}}}]},
+         "spec.containers[0].resources.limits[memory]"),
+    ],
+    ids=["unknown-volume", "bad-quantity"],
+)  # fmt: skip
+def test_a_pod_the_api_server_rejects_fails_at_once_with_its_message(
+    bridge_config: ConfigFactory,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    override: dict[str, Any],
+    field: str,
+) -> None:
+    config = bridge_config()
+    task = key()
+    TryRecords(redis_client, KEYS, 600).advance(TryRecord(task, TryState.QUEUED, queue=QUEUE))
+    sleeps: list[float] = []
+    dispatcher = Dispatcher(config, redis_client, core_v1(config), sleep=sleeps.append)
+    payload = LaunchRequest(task, ARGV, QUEUE, {"pod_override": {"spec": override}}).to_payload(None)
+    result = dispatcher.launch(payload)
+    assert result["result"] == "failed"
+    assert sleeps == []  # no retry
+    failed = record(redis_client, task)
+    assert (failed.state, failed.reason) == (TryState.FAILED, "Rejected")
+    assert "HTTP 422" in failed.message
+    assert field in failed.message  # the API server's own words
+    assert pods(simulator) == {}
+
+
+# --- what a job may ask for ------------------------------------------------------------------------------
+
+
+def test_jobs_naming_other_functions_fail_without_being_called(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    touch_marker(str(tmp_path / "proof"))  # the function works: only the dispatcher can keep it from running
+    assert (tmp_path / "proof").exists()
+    forbidden = {
+        "tests.test_dispatcher.touch_marker": [str(marker)],
+        "os.system": [f"touch {marker}"],
+        "bridge.executor.something": [],
+    }
+    for n, (func, args) in enumerate(forbidden.items(), start=1):
+        enqueue(redis_client, key(n), func=func, args=args)
+    good = enqueue(redis_client, key(9))
+    run_burst(bridge_config())
+
+    assert not marker.exists()
+    for n, func in enumerate(forbidden, start=1):
+        job = rq.job.Job.fetch(job_id_for(key(n)), connection=redis_client, serializer=SERIALIZER)
+        assert job.get_status() == "failed"
+        failed = record(redis_client, key(n))
+        assert (failed.state, failed.reason) == (TryState.FAILED, "InvalidMessage")
+        assert f"names function {func!r}, which is not allowed" in failed.message
+    assert list(pods(simulator)) == [good]
+
+
+def test_bad_payloads_fail_their_task_with_the_field_and_the_worker_goes_on(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    signing_key = "k" * 32
+    config = bridge_config(bridge={"signing_key": signing_key})
+    good_payload = LaunchRequest(key(1), ARGV, QUEUE).to_payload(signing_key)
+    shell_string = {**good_payload, "argv": "python -c pass"}
+    shell_string["sig"] = signature(shell_string, signing_key)  # authentic, but malformed
+    cases: dict[TaskKey, tuple[dict[str, Any], str]] = {
+        key(1): ({"args": [shell_string]}, "field 'argv' must be list"),
+        key(2): ({"args": ["just text"]}, "must be a JSON object, got str"),
+        key(3): ({"signing_key": "x" * 32}, "field 'sig' does not match"),
+        key(4): ({"signing_key": None}, "field 'sig' is missing"),
+        key(5): ({"args": [good_payload, "extra"]}, "exactly one argument"),
+        key(6): ({"args": [good_payload]}, f"is try {job_id_for(key(1))}, but it came in job"),
+        key(7): (
+            {"pod_config": {"KubernetesExecutor": {"request_memory": "lots"}}, "signing_key": signing_key},
+            "request_memory",
+        ),
+    }
+    for task, (options, _) in cases.items():
+        enqueue(redis_client, task, **options)
+    good = enqueue(redis_client, key(8), signing_key=signing_key)
+    run_burst(config)
+
+    for task, (_, text) in cases.items():
+        failed = record(redis_client, task)
+        assert failed.state is TryState.FAILED, task
+        assert failed.reason == ("InvalidPodSpec" if task == key(7) else "InvalidMessage"), task
+        assert text in failed.message, (task, failed.message)
+    assert {outcome.reason for outcome in outcomes(redis_client)} == {"InvalidMessage", "InvalidPodSpec"}
+    assert list(pods(simulator)) == [good]
+
+
+def test_an_unreadable_job_hash_is_failed_and_the_worker_goes_on(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    broken = enqueue(redis_client, key(1))
+    redis_client.hset(Keys.rq_job(broken), "status", "no-such-status")  # rq cannot even load this job
+    good = enqueue(redis_client, key(2))
+    run_burst(bridge_config())
+    failed = record(redis_client, key(1))
+    assert (failed.state, failed.reason) == (TryState.FAILED, "InvalidMessage")
+    assert "cannot be read" in failed.message
+    assert redis_client.zscore(Keys.rq_failed(QUEUE), broken) is not None
+    assert redis_client.llen(Keys.rq_intermediate(QUEUE)) == 0
+    assert list(pods(simulator)) == [good]
+
+
+# --- revocation --------------------------------------------------------------------------------------------
+
+
+def test_a_revoked_try_is_not_launched(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    job_id = enqueue(redis_client, key())
+    TryRecords(redis_client, KEYS, 600).mark_revoked(job_id)
+    run_burst(bridge_config())
+    assert pods(simulator) == {}
+    revoked = record(redis_client, key())
+    assert (revoked.state, revoked.reason) == (TryState.REVOKED, "Revoked")
+    [outcome] = outcomes(redis_client)
+    assert (outcome.state, outcome.source) == (TryState.REVOKED, "dispatcher")
+
+
+def test_a_delete_job_deletes_the_pod_and_records_the_try_revoked(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(kubernetes={"delete_option_kwargs": '{"grace_period_seconds": 0}'})
+    job_id = enqueue(redis_client, key(), pod_config={})
+    run_burst(config)
+    assert job_id in pods(simulator)
+    TryRecords(redis_client, KEYS, 600).mark_revoked(job_id)
+    request = DeleteRequest(key(), "default", reason="revoked by the scheduler")
+    job = BridgeJob.create(
+        DELETE_POD, args=[request.to_payload(None)], id=f"{job_id}-delete", connection=redis_client,
+        serializer=SERIALIZER,
+    )  # fmt: skip
+    rq.Queue(QUEUE, connection=redis_client, job_class=BridgeJob, serializer=SERIALIZER).enqueue_job(job)
+    run_burst(config)
+    wait_for(lambda: job_id not in pods(simulator), 5, "the pod to be gone")
+    revoked = record(redis_client, key())
+    assert (revoked.state, revoked.reason) == (TryState.REVOKED, "Revoked")
+    assert revoked.message == f"revoked by the scheduler; pod {job_id} deleted"
+    assert [outcome.state for outcome in outcomes(redis_client)] == [TryState.REVOKED]
+    assert TryRecords(redis_client, KEYS, 600).in_flight() == []
+
+
+# --- processes ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config_file(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, simulator: Simulator
+) -> Path:
+    path = tmp_path / "kbridge.cfg"
+    path.write_text(
+        "[kubernetes]\n"
+        "in_cluster = False\n"
+        f"config_file = {simulator.kubeconfig_path}\n"
+        "worker_container_repository = python\n"
+        "worker_container_tag = 3.12-slim\n"
+        "[bridge]\n"
+        f"redis_url = {redis_server.url}\n"
+        "dispatcher_lease_seconds = 2\n"
+    )
+    return path
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def kbridge_dispatcher(config_file: Path, *args: str) -> subprocess.Popen[str]:
+    kbridge = str(Path(sys.executable).with_name("kbridge"))
+    return subprocess.Popen(
+        [kbridge, "dispatcher", "--config", str(config_file), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_two_dispatcher_processes_make_exactly_one_pod_per_try(
+    config_file: Path,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    job_ids = [enqueue(redis_client, key(n)) for n in range(30)]
+    redis_client.rpush(Keys.rq_queue(QUEUE), *job_ids)  # every job delivered twice: the two race on each
+    processes += [kbridge_dispatcher(config_file, "--burst") for _ in range(2)]
+    for process in processes:
+        output, _ = process.communicate(timeout=45)
+        assert process.returncode == 0, output
+    created = pods(simulator)
+    assert sorted(created) == sorted(job_ids)
+    assert len({pod.metadata.uid for pod in created.values()}) == 30
+    assert all(record(redis_client, key(n)).state is TryState.LAUNCHED for n in range(30))
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_lets_the_dispatcher_finish_its_current_job(
+    config_file: Path,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    first = enqueue(redis_client, key(1))
+    second = enqueue(redis_client, key(2))
+    fault = simulator.faults.inject(verb="create", status=429, retry_after=2, count=1)
+    process = kbridge_dispatcher(config_file)
+    processes.append(process)
+    wait_for(lambda: fault.hits == 1, 30, "the dispatcher to start on its first job")
+    process.send_signal(signal.SIGTERM)  # mid-job: it is waiting out the Retry-After
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert list(pods(simulator)) == [first]
+    assert record(redis_client, key(1)).state is TryState.LAUNCHED
+    assert record(redis_client, key(2)).state is TryState.QUEUED  # stopped before taking the next job
+    assert [text(job) for job in redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1)] == [second]
+    assert "warm shut down requested" in output
+
+
+@pytest.mark.timeout(60)
+def test_the_job_of_a_killed_dispatcher_is_requeued_and_launched_within_a_lease_or_two(
+    bridge_config: ConfigFactory,
+    config_file: Path,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    lease = 2
+    job_id = enqueue(redis_client, key())
+    fault = simulator.faults.inject(verb="create", status=429, retry_after=30, count=None)
+    victim = kbridge_dispatcher(config_file, "--name", "victim")
+    processes.append(victim)
+    wait_for(lambda: fault.hits >= 1, 30, "the first dispatcher to try the create")
+    victim.kill()
+    victim.wait(timeout=10)
+    killed_at = time.monotonic()
+    simulator.faults.clear()
+    assert redis_client.zcard(Keys.rq_started(QUEUE)) == 1  # what a dead dispatcher leaves behind
+
+    survivor = build_worker(bridge_config(bridge={"dispatcher_lease_seconds": str(lease)}))
+    survivor.work(max_jobs=1, max_idle_time=15)
+    recovered_after = time.monotonic() - killed_at
+
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    assert list(pods(simulator)) == [job_id]
+    # silent for a lease, then the next reaper pass (every lease/4 s, at 1 s dequeue granularity)
+    assert recovered_after < 2 * lease + 2, recovered_after
+    assert redis_client.zcard(Keys.rq_started(QUEUE)) == 0
+    print(f"job of a SIGKILLed dispatcher launched {recovered_after:.2f} s after the kill (lease {lease} s)")
+
+
+def test_a_second_dispatcher_may_not_take_a_live_dispatchers_name(
+    config_file: Path, redis_client: redis.Redis
+) -> None:
+    live_twin = Heartbeat(redis_client, KEYS, "twin", 2)
+    live_twin.start()
+    try:
+        result = subprocess.run(
+            [
+                *(str(Path(sys.executable).with_name("kbridge")), "dispatcher"),
+                *("--config", str(config_file), "--name", "twin", "--burst"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        live_twin.stop()
+    assert result.returncode == 2
+    assert "dispatcher name 'twin' is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_result_is_json(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    job_id = enqueue(redis_client, key())
+    run_burst(bridge_config())
+    stored = redis_client.hget(Keys.rq_job(job_id), "data")
+    assert stored is not None
+    assert json.loads(stored)[0] == LAUNCH_POD  # readable in redis-cli, no pickle anywhere
+
+
+def test_bad_flags_and_an_unreachable_redis_are_explained(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(UserInputError, match="--queue 'no spaces': expected a name of letters"):
+        main(["--config", str(config_file), "--queue", "no spaces"])
+    in_cluster = tmp_path / "in-cluster.cfg"
+    in_cluster.write_text("[kubernetes]\nin_cluster = True\n")
+    with pytest.raises(
+        UserInputError, match=r"cannot load Kubernetes credentials \(in-cluster service account"
+    ):
+        main(["--config", str(in_cluster)])
+    unreachable = tmp_path / "unreachable.cfg"
+    port = free_loopback_port()
+    settings = config_file.read_text().splitlines()
+    settings = [
+        f"redis_url = redis://:pw@127.0.0.1:{port}/0" if s.startswith("redis_url") else s for s in settings
+    ]
+    unreachable.write_text("\n".join(settings) + "\n")
+    assert main(["--config", str(unreachable), "--burst"]) == 1
+    error = capsys.readouterr().err
+    assert f"kbridge dispatcher: cannot reach Redis at redis://:<redacted>@127.0.0.1:{port}/0" in error
+
+
+@pytest.mark.timeout(60)
+def test_a_dispatcher_rides_out_a_redis_restart(
+    config_file: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    process = kbridge_dispatcher(config_file)
+    processes.append(process)
+    wait_for(lambda: redis_client.zcard(KEYS.dispatchers) == 1, 30, "the dispatcher's first heartbeat")
+    redis_server.restart(hard=True)  # a crash: every connection drops, AOF brings the data back
+    client = redis_server.client()
+    job_id = enqueue(client, key())
+    wait_for(lambda: job_id in pods(simulator), 20, "the job enqueued after the restart to be launched")
+    wait_for(lambda: record(client, key()).state is TryState.LAUNCHED, 5, "the try to be recorded")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "unhandled exception" not in output

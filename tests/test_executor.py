@@ -1,0 +1,434 @@
+"""The executor on a real Redis, with the test playing dispatcher and watcher through the try records.
+
+Outcomes are produced exactly as the watcher produces them (``TryRecords.advance``), so what ``sync()``
+reads is what it reads in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+import bridge.executor
+from bridge.config import KubeConfig
+from bridge.executor import KubernetesExecutor
+from bridge.protocol import Keys, Outcome, TryRecord, TryState, job_id_for
+from bridge.records import TryRecords
+from bridge.redis_server import RedisServer
+from bridge.results import ResultReader
+from bridge.task_key import TaskKey, TaskKeyError
+from tests.test_queue import CountingConnection, counting_client, text_hash
+
+pytestmark = pytest.mark.timeout(60)
+
+KEYS = Keys("kbridge")
+QUEUE = Keys.rq_queue("kbridge")
+COMMAND = ["airflow", "tasks", "run", "etl", "load", "run"]
+
+
+def key(task: str, dag: str = "etl") -> TaskKey:
+    return TaskKey(dag, task, "manual__2026-11-24", 1)
+
+
+def make_executor(server: RedisServer, redis_client: Any = None, **bridge: str) -> KubernetesExecutor:
+    settings = {"redis_url": server.url, "consumer_name": "scheduler-1", **bridge}
+    executor = KubernetesExecutor(KubeConfig({"bridge": settings}), redis=redis_client)
+    executor.start()
+    return executor
+
+
+def watcher(client: redis.Redis) -> TryRecords:
+    return TryRecords(client, KEYS, 600)
+
+
+def report(client: redis.Redis, task: TaskKey, state: TryState, **fields: Any) -> None:
+    """What a dispatcher (launched) or the watcher (running, terminal) writes for a try."""
+    records = watcher(client)
+    if state is TryState.LAUNCHED:
+        records.advance(TryRecord(task, state, pod=job_id_for(task), namespace="default"))
+        return
+    outcome = Outcome(task, state, source="watcher", **fields)
+    records.advance(TryRecord(task, state, **fields), outcome)
+
+
+def queued_ids(client: redis.Redis, queue: str = QUEUE) -> list[str]:
+    return [item.decode() for item in client.lrange(queue, 0, -1)]  # type: ignore[union-attr]
+
+
+def events(executor: KubernetesExecutor) -> dict[TaskKey, tuple[str, str]]:
+    return {task: (state, outcome.reason) for task, (state, outcome) in executor.get_event_buffer().items()}
+
+
+def pending(client: redis.Redis, group: str = "executor") -> int:
+    summary: Any = client.xpending(KEYS.results, group)
+    return int(summary["pending"])
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # polling another thread's progress, not a settling delay
+
+
+def sync_until_finished(executor: KubernetesExecutor, task: TaskKey, what: str) -> None:
+    """sync() until ``task`` finished: after a Redis restart the first call may meet a dead connection."""
+
+    def finished() -> bool:
+        executor.sync()
+        return task not in executor.running
+
+    wait_for(finished, what)
+
+
+def test_execute_async_does_no_io_and_sync_sends_the_batch_in_one_round_trip(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    client = counting_client(redis_server)
+    executor = make_executor(redis_server, client)
+    executor.execute_async(key("warm-up"), COMMAND)
+    executor.flush()  # loads the script
+    CountingConnection.sends = 0
+    tasks = [key(f"task-{index}") for index in range(50)]
+    for task in tasks:
+        executor.execute_async(task, COMMAND)
+    assert CountingConnection.sends == 0
+    assert executor.flush()
+    assert CountingConnection.sends == 1
+    assert queued_ids(redis_client)[1:] == [job_id_for(task) for task in tasks]
+    assert executor.running == {key("warm-up"), *tasks}
+    client.close()
+
+
+def test_sync_reports_each_state_change_once(
+    redis_server: RedisServer, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = make_executor(redis_server)
+    done, oom, busy = key("done"), key("oom"), key("busy")
+    for task in (done, oom, busy):
+        executor.execute_async(tuple(task), COMMAND)  # Airflow passes its own key type: a 5-tuple
+    executor.sync()
+    assert executor.get_event_buffer() == {}
+    for task in (done, oom, busy):
+        report(redis_client, task, TryState.LAUNCHED)
+        report(redis_client, task, TryState.RUNNING)
+    report(redis_client, done, TryState.SUCCESS, exit_code=0)
+    report(redis_client, oom, TryState.FAILED, exit_code=137, reason="OOMKilled")
+    with caplog.at_level(logging.INFO, logger="bridge.executor"):
+        executor.sync()
+    assert events(executor) == {done: ("success", ""), oom: ("failed", "OOMKilled"), busy: ("running", "")}
+    assert executor.running == {busy}
+    assert f"Changing state of {oom} to failed (OOMKilled)" in caplog.text
+    assert pending(redis_client) == 0  # acknowledged once applied
+    # replayed outcomes (e.g. a record that expired and was written again) change nothing
+    entries: Any = redis_client.xrange(KEYS.results)
+    for _, fields in entries:
+        redis_client.xadd(KEYS.results, fields)
+    executor.sync()
+    assert events(executor) == {}
+    assert pending(redis_client) == 0
+    report(redis_client, busy, TryState.SUCCESS, exit_code=0)
+    executor.sync()
+    assert events(executor) == {busy: ("success", "")}
+    assert executor.running == set()
+
+
+def test_one_sync_applies_a_bounded_number_of_batches(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server, result_batch_size="2")
+    tasks = [key(f"task-{index:02}") for index in range(25)]
+    for task in tasks:
+        executor.execute_async(task, COMMAND)
+    executor.sync()
+    for task in tasks:
+        report(redis_client, task, TryState.SUCCESS)
+    executor.sync()
+    assert len(executor.get_event_buffer()) == 2 * bridge.executor.READS_PER_SYNC
+    executor.sync()
+    assert len(executor.get_event_buffer()) == 25 - 2 * bridge.executor.READS_PER_SYNC
+    assert executor.running == set()
+
+
+def test_a_restarted_executor_adopts_its_tries_and_rereads_its_pending_outcomes(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    first = make_executor(redis_server)
+    busy, done, fresh, lost, unknown = (key(name) for name in ("busy", "done", "fresh", "lost", "unknown"))
+    for task in (busy, done, fresh, lost):
+        first.execute_async(task, COMMAND)
+    first.sync()
+    report(redis_client, busy, TryState.LAUNCHED)
+    report(redis_client, busy, TryState.RUNNING)
+    report(redis_client, done, TryState.FAILED, reason="Evicted", message="node pressure")
+    redis_client.hset(Keys.rq_job(job_id_for(lost)), "status", "failed")  # a dispatcher bug failed it
+    redis_client.lrem(QUEUE, 0, job_id_for(lost))
+    # the first scheduler read both outcomes and died before acknowledging them
+    crashed = ResultReader(redis_client, KEYS, "executor", "scheduler-1", 10)
+    assert len(crashed.read()) == 2
+
+    second = make_executor(redis_server)  # same consumer name
+    assert second.clear_not_launched_queued_tasks([busy, done, fresh, lost, unknown]) == [lost, unknown]
+    assert second.running == {busy, fresh}
+    assert events(second) == {done: ("failed", "Evicted")}  # from the record, at once
+    second.sync()
+    # both outcomes the first scheduler had read are read again; done's is a duplicate by now
+    assert events(second) == {busy: ("running", "")}
+    assert pending(redis_client) == 0
+    # the scheduler queues the never-launched tries again: they are enqueued anew, not taken as duplicates
+    second.execute_async(lost, COMMAND)
+    second.execute_async(unknown, COMMAND)
+    second.sync()
+    assert queued_ids(redis_client)[-2:] == [job_id_for(lost), job_id_for(unknown)]
+    assert text_hash(redis_client, Keys.rq_job(job_id_for(lost)))["status"] == "queued"
+    assert second.running == {busy, fresh, lost, unknown}
+
+
+def test_queueing_a_try_that_already_finished_reports_its_outcome(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    first = make_executor(redis_server)
+    first.execute_async(key("done"), COMMAND)
+    first.sync()
+    report(redis_client, key("done"), TryState.SUCCESS, exit_code=0)
+    first.sync()
+    second = make_executor(redis_server, consumer_name="scheduler-2")
+    second.execute_async(key("done"), COMMAND)
+    second.sync()
+    assert events(second) == {key("done"): ("success", "")}
+    assert second.running == set()
+    assert queued_ids(redis_client) == [job_id_for(key("done"))]  # not queued twice
+
+
+def test_nothing_is_lost_while_redis_is_down(
+    redis_server: RedisServer, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.executor")
+    executor = make_executor(redis_server)
+    executor.execute_async(key("before"), COMMAND)
+    executor.sync()
+    redis_server.stop()
+    try:
+        executor.execute_async(key("during"), COMMAND)
+        executor.sync()  # logs, does not raise
+        executor.sync()
+        assert not executor.flush()
+        assert executor.clear_not_launched_queued_tasks([key("before")]) == []
+        executor.end(timeout=0.2)
+    finally:
+        redis_server.start()
+    assert caplog.text.count("Redis unavailable") == 1  # once per outage, not once per loop
+    client = redis_server.client()
+    report(client, key("before"), TryState.SUCCESS)
+    sync_until_finished(executor, key("before"), "the outcome after the outage")
+    assert "Redis reachable again" in caplog.text
+    assert queued_ids(client) == [job_id_for(key("before")), job_id_for(key("during"))]
+    assert events(executor) == {key("before"): ("success", "")}
+    client.close()
+
+
+def test_sync_recovers_from_an_outage_with_nothing_to_send(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("a"), COMMAND)
+    executor.sync()
+    redis_server.stop()
+    try:
+        executor.sync()
+    finally:
+        redis_server.start()
+    client = redis_server.client()
+    report(client, key("a"), TryState.SUCCESS)
+    sync_until_finished(executor, key("a"), "the outcome after the outage")
+    assert events(executor) == {key("a"): ("success", "")}
+    client.close()
+
+
+def test_sync_recovers_the_group_after_the_stream_is_lost_or_redis_restarts(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    tasks = [key("one"), key("two"), key("three")]
+    for task in tasks:
+        executor.execute_async(task, COMMAND)
+    executor.sync()
+    redis_client.delete(KEYS.results)  # group gone: the next read gets NOGROUP
+    report(redis_client, tasks[0], TryState.SUCCESS)
+    executor.sync()
+    assert events(executor) == {tasks[0]: ("success", "")}
+    redis_server.restart(hard=True)
+    client = redis_server.client()
+    report(client, tasks[1], TryState.SUCCESS)
+    sync_until_finished(executor, tasks[1], "sync after the restart")
+    client.delete(KEYS.results)
+    report(client, tasks[2], TryState.FAILED, reason="Error", exit_code=1)
+    executor.sync()
+    assert events(executor) == {tasks[1]: ("success", ""), tasks[2]: ("failed", "Error")}
+    client.close()
+
+
+def test_malformed_entries_are_acknowledged_and_skipped(
+    redis_server: RedisServer, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("ok"), COMMAND)
+    executor.sync()
+    redis_client.xadd(KEYS.results, {"state": "success", "key": "{}"})
+    report(redis_client, key("ok"), TryState.SUCCESS)
+    executor.sync()
+    assert events(executor) == {key("ok"): ("success", "")}
+    assert "Skipping malformed entry" in caplog.text
+    assert pending(redis_client) == 0
+
+
+def test_sync_trims_only_what_every_group_acknowledged(
+    redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bridge.executor, "TRIM_INTERVAL_SECONDS", 0.0)
+    executor = make_executor(redis_server)
+    executor.execute_async(key("a"), COMMAND)
+    executor.execute_async(key("b"), COMMAND)
+    executor.sync()
+    report(redis_client, key("a"), TryState.SUCCESS)
+    executor.sync()
+    assert redis_client.xlen(KEYS.results) == 0
+    redis_client.xgroup_create(KEYS.results, "audit", id="$")
+    report(redis_client, key("b"), TryState.SUCCESS)
+    executor.sync()
+    assert redis_client.xlen(KEYS.results) == 1  # the audit group has not read it
+    assert events(executor) == {key("a"): ("success", ""), key("b"): ("success", "")}
+
+
+def test_end_waits_until_every_running_task_finished(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    first, second = key("first"), key("second")
+    executor.execute_async(first, COMMAND)
+    executor.execute_async(second, COMMAND)
+    ender = threading.Thread(target=executor.end, kwargs={"timeout": 30})
+    ender.start()
+    wait_for(lambda: redis_client.llen(QUEUE) == 2, "end() to send the queued tasks")
+    report(redis_client, first, TryState.SUCCESS)
+    wait_for(lambda: pending(redis_client) == 0 and redis_client.xlen(KEYS.results) == 1, "the first outcome")
+    wait_for(lambda: first not in executor.running, "the first outcome applied")
+    assert ender.is_alive()  # still waiting for the second task
+    report(redis_client, second, TryState.FAILED, reason="Error")
+    ender.join(timeout=10)
+    assert not ender.is_alive()
+    assert executor.running == set()
+    assert events(executor) == {first: ("success", ""), second: ("failed", "Error")}
+
+
+def test_end_gives_up_after_its_timeout(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("slow"), COMMAND)
+    started = time.monotonic()
+    executor.end(timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    assert executor.running == {key("slow")}
+    assert queued_ids(redis_client) == [job_id_for(key("slow"))]
+
+
+def test_terminate_revokes_queued_and_launched_tries(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    waiting, launched, unsent = key("waiting"), key("launched"), key("unsent")
+    executor.execute_async(waiting, COMMAND)
+    executor.execute_async(launched, COMMAND)
+    executor.sync()
+    redis_client.lrem(QUEUE, 0, job_id_for(launched))  # a dispatcher took it and created the pod
+    report(redis_client, launched, TryState.LAUNCHED)
+    executor.execute_async(unsent, COMMAND)
+    executor.terminate()
+    assert executor.running == set()
+    assert events(executor) == dict.fromkeys((waiting, launched, unsent), ("failed", "Revoked"))
+    assert queued_ids(redis_client) == [f"{job_id_for(launched)}-delete"]
+    records = watcher(redis_client).get_many([job_id_for(task) for task in (waiting, launched, unsent)])
+    assert [(record.state, record.revoked) for record in records.values() if record is not None] == [
+        (TryState.REVOKED, True),
+        (TryState.LAUNCHED, True),  # the dispatcher's delete job moves it on once the pod is gone
+        (TryState.REVOKED, True),
+    ]
+
+
+def test_revoke_one_try_and_get_its_outcome_from_the_stream(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("a"), COMMAND)
+    executor.sync()
+    assert executor.revoke(key("a"))
+    assert not executor.revoke(key("never-queued"))
+    executor.sync()
+    assert events(executor) == {key("a"): ("failed", "Revoked")}
+    assert queued_ids(redis_client) == []
+
+
+def test_revoking_a_task_not_yet_sent_fails_it_without_touching_redis(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("a"), COMMAND)
+    executor.execute_async(key("b"), COMMAND)
+    assert executor.revoke(key("a"))
+    assert events(executor) == {key("a"): ("failed", "Revoked")}
+    executor.sync()
+    assert queued_ids(redis_client) == [job_id_for(key("b"))]
+    assert executor.running == {key("b")}
+
+
+def test_bad_task_input_fails_only_that_task(
+    redis_server: RedisServer, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("shell"), "airflow tasks run etl load run")
+    executor.execute_async(key("numbers"), ["sleep", 5])  # type: ignore[list-item]
+    executor.execute_async(
+        key("config"), COMMAND, executor_config={"KubernetesExecutor": {"request_cpu": "x"}}
+    )
+    executor.execute_async(key("queue"), COMMAND, queue="no spaces please")
+    executor.execute_async(key("good"), COMMAND)
+    executor.sync()
+    failed = executor.get_event_buffer()
+    assert {task: (state, outcome.reason) for task, (state, outcome) in failed.items()} == {
+        key(task): ("failed", "InvalidTask") for task in ("shell", "numbers", "config", "queue")
+    }
+    messages = {task.task_id: outcome.message for task, (_, outcome) in failed.items()}
+    assert "must be a list of strings (argv), got a string" in messages["shell"]
+    assert "only strings, got [5]" in messages["numbers"]
+    assert "request_cpu" in messages["config"]
+    assert "queue 'no spaces please' is not a valid rq queue name" in messages["queue"]
+    assert executor.running == {key("good")}
+    assert queued_ids(redis_client) == [job_id_for(key("good"))]
+    assert "cannot be queued" in caplog.text
+    with pytest.raises(TaskKeyError, match="try_number"):
+        executor.execute_async(("etl", "load", "run", "1", -1), COMMAND)
+
+
+def test_a_task_with_executor_config_and_a_queue_carries_both(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    config = {"KubernetesExecutor": {"request_cpu": "500m", "limit_memory": "1Gi"}}
+    executor.execute_async(key("gpu"), COMMAND, queue="gpu", executor_config=config)
+    executor.sync()
+    job = text_hash(redis_client, Keys.rq_job(job_id_for(key("gpu"))))
+    assert '"pod_config": {"KubernetesExecutor": {' in job["data"]
+    assert queued_ids(redis_client, Keys.rq_queue("gpu")) == [job_id_for(key("gpu"))]
+
+
+def test_the_event_buffer_can_be_read_per_dag(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    executor = make_executor(redis_server)
+    executor.execute_async(key("x", dag="a"), "bad")
+    executor.execute_async(key("x", dag="b"), "bad")
+    assert list(executor.get_event_buffer(["a"])) == [key("x", dag="a")]
+    assert list(executor.get_event_buffer()) == [key("x", dag="b")]

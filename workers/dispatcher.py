@@ -1,0 +1,757 @@
+"""``kbridge dispatcher``: turn queued launch jobs into worker pods, exactly one pod per task try.
+
+Why an rq worker and not a loop of our own: rq already gives an atomic hand-off from the queue (BLMOVE into
+a per-queue intermediate list), a started registry, warm shutdown on SIGTERM and job bookkeeping that
+``rq info`` and ``kbridge status`` can read. What rq does not give, this module adds:
+
+* no fork per job: a launch is one API call, so :class:`DispatcherWorker` is a ``SimpleWorker``;
+* only the two job functions of :mod:`bridge.protocol`, through :func:`bridge.jobs.job_class_with`; a job
+  naming anything else is failed without being called (and its try, if it has one, is failed too);
+* an API policy: 429 (honouring Retry-After), 5xx and dropped connections are retried with jittered
+  backoff, at most ``task_publish_max_retries`` times and within ``dispatch_deadline_seconds`` (shorter than
+  the rq job timeout); 409 AlreadyExists counts as launched only after the existing pod's annotations prove it
+  is this very try; any other 4xx fails the task at once with the API server's own message;
+* task input never crashes a dispatcher: a bad message, executor_config or pod spec fails that one try with a
+  reason naming the field, and the worker takes the next job;
+* seconds, not minutes, to recover the job of a dispatcher that died mid-job (:mod:`workers.reaper`).
+
+Every try moves through :class:`bridge.records.TryRecords` only: ``queued`` → ``launched`` here (or
+``failed``/``revoked``, streamed to the executor with ``source="dispatcher"``); the watcher does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes.client import ApiException, V1DeleteOptions
+from kubernetes.config import ConfigException
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.exceptions import DeserializationError
+from rq.job import Job, get_current_job
+from rq.queue import Queue
+from rq.worker import SimpleWorker, WorkerStatus
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any
+from tenacity.stop import stop_base
+
+from bridge.config import QUEUE_NAME, KubeConfig, load_config, redact_url
+from bridge.connection import redis_from_config
+from bridge.errors import UserInputError
+from bridge.executor_config import parse_executor_config
+from bridge.jobs import SERIALIZER, UnknownJobFunction, job_class_with
+from bridge.naming import task_key_from_annotations
+from bridge.protocol import (
+    DELETE_POD,
+    LAUNCH_POD,
+    STATE_RANK,
+    DeleteRequest,
+    Keys,
+    LaunchRequest,
+    MessageError,
+    Outcome,
+    TryRecord,
+    TryState,
+    job_id_for,
+)
+from bridge.records import TryRecords
+from bridge.task_key import TaskKey, TaskKeyError
+from bridge.worker_pod import INSTANCE_LABEL, build_worker_pod
+from workers.kube_client import core_v1, request_args
+from workers.reaper import Heartbeat, Reaper, heartbeat_age
+
+log = logging.getLogger(__name__)
+
+SOURCE = "dispatcher"
+# Longest Retry-After the dispatcher obeys; a longer one is shortened (the deadline still bounds the total).
+MAX_RETRY_AFTER_SECONDS = 30.0
+BACKOFF_FIRST_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+# How long a record write rides out a Redis restart before the job gives up (and rq records the failure).
+REDIS_RETRY_SECONDS = 30.0
+# Longest pause between reconnection attempts of an idle dispatcher.
+REDIS_MAX_PAUSE_SECONDS = 5.0
+
+T = TypeVar("T")
+
+
+class DispatchRejected(Exception):
+    """The API server refused or could not take a request; ``reason`` is the outcome's machine word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# --- API errors ----------------------------------------------------------------------------------------
+
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: throttling (429), a server error (5xx) or a connection that broke on the way."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429) or (isinstance(exc.status, int) and exc.status >= 500)
+    return isinstance(exc, _TRANSPORT_ERRORS)
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The Retry-After of an API answer, in seconds, when it is a number (an HTTP date is ignored)."""
+    if not isinstance(exc, ApiException) or not exc.headers:
+        return None
+    value = exc.headers.get("Retry-After")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own sentence: the Status ``message``, else the plain-text body, else the reason."""
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+    if body:
+        try:
+            status = json.loads(body)
+        except ValueError:
+            return str(body).strip()
+        if isinstance(status, dict) and isinstance(status.get("message"), str):
+            return str(status["message"])
+    return f"{exc.status} {exc.reason}"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".rstrip() + f": {_api_message(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_json(response: Any) -> Any:
+    """Body of a ``_preload_content=False`` answer as JSON; the connection goes back to the pool."""
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
+
+
+def _key_text(key: TaskKey) -> str:
+    mapped = f" map={key.map_index}" if key.map_index >= 0 else ""
+    return f"{key.dag_id}.{key.task_id} run={key.run_id} try={key.try_number}{mapped}"
+
+
+def _single_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str) -> Any:
+    if len(args) != 1 or kwargs:
+        raise MessageError(
+            f"a {what} job takes exactly one argument (the request object), got {len(args)} positional and "
+            f"{sorted(kwargs)} keyword arguments"
+        )
+    return args[0]
+
+
+def _job_id_in(args: tuple[Any, ...]) -> str | None:
+    """The try a malformed request is about, when at least its key is readable."""
+    if len(args) == 1 and isinstance(args[0], Mapping):
+        try:
+            return job_id_for(TaskKey.from_dict(args[0].get("key")))
+        except TaskKeyError:
+            return None
+    return None
+
+
+class _PastDeadline(stop_base):
+    """Stop when the next wait would end past the deadline: no attempt starts after it."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self._deadline = deadline
+        self._clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._clock() + retry_state.upcoming_sleep > self._deadline
+
+
+# --- the job functions -----------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """The two job functions (:meth:`launch`, :meth:`delete`) and the policy they share.
+
+    ``api`` is a ``CoreV1Api`` (see :func:`workers.kube_client.core_v1`). ``sleep`` and ``clock`` exist for
+    tests that check the retry policy without waiting.
+    """
+
+    def __init__(
+        self,
+        config: KubeConfig,
+        redis: Redis,
+        api: Any,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._redis = redis
+        self._api = api
+        self._sleep = sleep
+        self._clock = clock
+        self._namespace = config.namespace
+        self._records = TryRecords(
+            redis, Keys(config.key_prefix, config.result_stream), config.record_ttl_seconds
+        )
+        self._request_args = request_args(config)
+
+    def handlers(self) -> dict[str, Callable[..., dict[str, Any]]]:
+        """The allowlist: job function symbol → the method that runs it."""
+        return {LAUNCH_POD: self.launch, DELETE_POD: self.delete}
+
+    # launch
+
+    def launch(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Create the pod of one try (the job's only argument is a LaunchRequest payload); never raises for
+        task input. Returns a small JSON-able summary that rq keeps as the job result."""
+        job = get_current_job()
+        try:
+            request = LaunchRequest.from_payload(
+                _single_argument(args, kwargs, "launch"), self._config.signing_key
+            )
+            if job is not None and job.id != request.job_id:
+                raise MessageError(
+                    f"launch request field 'key' is try {request.job_id}, but it came in job {job.id}; a "
+                    "launch job's id must be the job id of its key (enqueue it with the bridge's executor)"
+                )
+        except MessageError as exc:
+            job_id = job.id if job is not None else _job_id_in(args)
+            log.error("rejected launch job %s: %s", job_id or "(unknown try)", exc)
+            if job_id is not None:
+                self.fail_queued(job_id, "InvalidMessage", str(exc))
+            return {"job_id": job_id, "result": "failed", "reason": "InvalidMessage", "message": str(exc)}
+        return self._launch(request)
+
+    def _launch(self, request: LaunchRequest) -> dict[str, Any]:
+        key, name = request.key, request.job_id
+        record = self._with_redis(self._records.get, name)
+        if record is not None and record.revoked:
+            return self._revoke(key, "revoked before its pod was created", pod_exists=False)
+        if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
+            log.info("job %s: skipped, the try is already %s", name, record.state.value)
+            return {"job_id": name, "result": "skipped", "state": record.state.value}
+        try:
+            pod = _build_pod(request, self._config)
+        except UserInputError as exc:
+            return self._fail(key, "InvalidPodSpec", str(exc))
+        started = self._clock()
+        try:
+            how = self._create(pod, key)
+        except DispatchRejected as exc:
+            return self._fail(key, exc.reason, exc.message)
+        latest = self._with_redis(self._records.get, name)
+        if latest is not None and latest.revoked:  # revoked while we were creating it: take it back
+            return self._revoke(key, "revoked while its pod was being created", pod_exists=True)
+        self._with_redis(
+            self._records.advance, TryRecord(key, TryState.LAUNCHED, pod=name, namespace=self._namespace)
+        )
+        elapsed_ms = (self._clock() - started) * 1000
+        log.info("job %s: pod %s %s in %.0f ms (%s)", name, name, how, elapsed_ms, _key_text(key))
+        return {"job_id": name, "result": "launched", "pod": name, "namespace": self._namespace, "how": how}
+
+    def _create(self, pod: dict[str, Any], key: TaskKey) -> str:
+        """Create ``pod``; "created" or "already existed" (this try's pod), else :class:`DispatchRejected`."""
+        name = pod["metadata"]["name"]
+        try:
+            response = self._call(
+                f"create pod {name}",
+                lambda args: self._api.create_namespaced_pod(
+                    self._namespace, pod, _preload_content=False, **args
+                ),
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise DispatchRejected(
+                    "Rejected", f"the API server rejected pod {name} (HTTP {exc.status}): {_api_message(exc)}"
+                ) from None
+        else:
+            _read_json(response)
+            return "created"
+        return self._check_existing(name, key)
+
+    def _check_existing(self, name: str, key: TaskKey) -> str:
+        """A 409: launched if the pod that holds the name is this try's, else a NameConflict."""
+        try:
+            pod = _read_json(
+                self._call(
+                    f"read pod {name}",
+                    lambda args: self._api.read_namespaced_pod(
+                        name, self._namespace, _preload_content=False, **args
+                    ),
+                )
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise DispatchRejected(
+                    "Rejected", f"reading existing pod {name}: {_api_message(exc)}"
+                ) from None
+            record = self._with_redis(self._records.get, name)
+            if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
+                return "already existed"
+            raise DispatchRejected(
+                "NameConflict",
+                f"pod {name} existed when this try was launched but was deleted before it could be checked; "
+                "retry the task",
+            ) from None
+        problem = _ownership_problem(pod, key, self._config.key_prefix)
+        if problem is not None:
+            raise DispatchRejected("NameConflict", problem)
+        return "already existed"
+
+    # delete
+
+    def delete(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Delete a revoked try's pod (404 is fine) and record it revoked; never raises for task input."""
+        try:
+            request = DeleteRequest.from_payload(
+                _single_argument(args, kwargs, "delete"), self._config.signing_key
+            )
+            if request.namespace != self._namespace:
+                raise MessageError(
+                    f"delete request field 'namespace' is {request.namespace!r}, but this bridge manages "
+                    f"pods only in [kubernetes] namespace = {self._namespace!r}"
+                )
+        except MessageError as exc:
+            log.error("rejected delete job: %s", exc)
+            return {"result": "failed", "reason": "InvalidMessage", "message": str(exc)}
+        return self._revoke(request.key, request.reason, pod_exists=True)
+
+    def _revoke(self, key: TaskKey, why: str, *, pod_exists: bool) -> dict[str, Any]:
+        name = job_id_for(key)
+        message = why
+        if pod_exists:
+            try:
+                message = f"{why}; pod {name} {self._delete_pod(name, key)}"
+            except DispatchRejected as exc:  # the executor asked to stop: it is told, and so is the operator
+                log.error("job %s: could not delete pod %s: %s", name, name, exc.message)
+                message = f"{why}; pod {name} could not be deleted: {exc.message}"
+        outcome = Outcome(
+            key, TryState.REVOKED, reason="Revoked", message=message, pod=name, namespace=self._namespace,
+            source=SOURCE,
+        )  # fmt: skip
+        self._with_redis(
+            self._records.advance,
+            TryRecord(key, TryState.REVOKED, reason="Revoked", message=message),
+            outcome,
+        )
+        log.info("job %s: revoked (%s)", name, message)
+        return {"job_id": name, "result": "revoked", "message": message}
+
+    def _delete_pod(self, name: str, key: TaskKey) -> str:
+        """Delete this try's pod; "deleted" or "was already gone". A pod of another try is left alone."""
+        try:
+            pod = _read_json(
+                self._call(
+                    f"read pod {name}",
+                    lambda args: self._api.read_namespaced_pod(
+                        name, self._namespace, _preload_content=False, **args
+                    ),
+                )
+            )
+            problem = _ownership_problem(pod, key, self._config.key_prefix)
+            if problem is not None:
+                raise DispatchRejected("NameConflict", f"not deleted: {problem}")
+            _read_json(
+                self._call(
+                    f"delete pod {name}",
+                    lambda args: self._api.delete_namespaced_pod(
+                        name,
+                        self._namespace,
+                        body=V1DeleteOptions(**self._config.delete_option_kwargs),
+                        _preload_content=False,
+                        **args,
+                    ),
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return "was already gone"
+            raise DispatchRejected("Rejected", _describe(exc)) from None
+        return "deleted"
+
+    # failing a try
+
+    def fail_queued(self, job_id: str, reason: str, message: str) -> bool:
+        """Fail the try ``job_id`` if it is still queued (a job that can never launch it); True if it was."""
+        record = self._with_redis(self._records.get, job_id)
+        if record is None or record.state is not TryState.QUEUED:
+            return False
+        self._fail(record.key, reason, message)
+        return True
+
+    def _fail(self, key: TaskKey, reason: str, message: str) -> dict[str, Any]:
+        name = job_id_for(key)
+        outcome = Outcome(
+            key, TryState.FAILED, reason=reason, message=message, namespace=self._namespace, source=SOURCE
+        )
+        self._with_redis(
+            self._records.advance, TryRecord(key, TryState.FAILED, reason=reason, message=message), outcome
+        )
+        log.warning("job %s: task failed, %s: %s", name, reason, message)
+        return {"job_id": name, "result": "failed", "reason": reason, "message": message}
+
+    # policies
+
+    def _call(self, what: str, request: Callable[[dict[str, Any]], T]) -> T:
+        """Run one API request under the retry policy; the last error is raised once it gives up.
+
+        Transient errors that outlast the policy become :class:`DispatchRejected` ("ApiUnavailable"); an
+        ApiException that is not transient is raised as is, for the caller to judge (409, 404, 422 ...).
+        """
+        started = self._clock()
+        deadline = started + self._config.dispatch_deadline_seconds
+        attempts = 0
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_any(
+                stop_after_attempt(self._config.task_publish_max_retries + 1),
+                _PastDeadline(deadline, self._clock),
+            ),
+            wait=self._wait,
+            sleep=self._sleep,
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "%s: attempt %d failed (%s), retrying in %.2f s",
+                what,
+                state.attempt_number,
+                _describe(state.outcome.exception() or Exception("?")) if state.outcome else "?",
+                state.upcoming_sleep,
+            ),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    return request(self._attempt_args(deadline))
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            limit = self._config.task_publish_max_retries
+            raise DispatchRejected(
+                "ApiUnavailable",
+                f"could not {what} in namespace {self._namespace}: {attempts} attempt(s) in "
+                f"{self._clock() - started:.1f} s failed (at most {limit} retries within "
+                f"dispatch_deadline_seconds = {self._config.dispatch_deadline_seconds}); last error: "
+                f"{_describe(exc)}",
+            ) from None
+        raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+    def _attempt_args(self, deadline: float) -> dict[str, Any]:
+        """Request arguments with the timeout cut so that one attempt cannot outlive the deadline."""
+        args = dict(self._request_args)
+        remaining = max(deadline - self._clock(), 0.5)
+        timeout = args.get("_request_timeout")
+        if isinstance(timeout, tuple):
+            args["_request_timeout"] = tuple(min(part, remaining) for part in timeout)
+        elif isinstance(timeout, int | float):
+            args["_request_timeout"] = min(timeout, remaining)
+        return args
+
+    @staticmethod
+    def _wait(state: RetryCallState) -> float:
+        retry_after = _retry_after(state.outcome.exception() if state.outcome else None)
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER_SECONDS)
+        backoff = min(BACKOFF_FIRST_SECONDS * 2.0 ** (state.attempt_number - 1), BACKOFF_MAX_SECONDS)
+        jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - keeps dispatchers out of lockstep
+        return backoff * jitter
+
+    def _with_redis(self, operation: Callable[..., T], *args: Any) -> T:
+        """Run an idempotent Redis operation, riding out a restart for up to REDIS_RETRY_SECONDS."""
+        give_up = self._clock() + REDIS_RETRY_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                return operation(*args)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if self._clock() + pause > give_up:
+                    raise
+                log.warning("Redis unavailable (%s), retrying in %.1f s", exc, pause)
+                self._sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+
+def _build_pod(request: LaunchRequest, config: KubeConfig) -> dict[str, Any]:
+    """The pod of a request; the untrusted executor_config is parsed again here, with our own config."""
+    return build_worker_pod(request.key, request.argv, parse_executor_config(request.pod_config), config)
+
+
+def _ownership_problem(pod: Any, key: TaskKey, instance: str) -> str | None:
+    """Why the pod holding this try's name is not this try's pod of this bridge, or None if it is."""
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    name = metadata.get("name", job_id_for(key))
+    try:
+        owner = task_key_from_annotations(metadata.get("annotations"))
+    except TaskKeyError as exc:
+        return (
+            f"pod {name} already exists but is not a task pod ({exc}); delete it or rename it, then retry "
+            "the task"
+        )
+    if owner != key:
+        return (
+            f"pod {name} already exists for another try ({_key_text(owner)}), not {_key_text(key)}: a pod "
+            "name collision; delete that pod or retry the task"
+        )
+    label = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
+    if label != instance:
+        return (
+            f"pod {name} belongs to bridge instance {label!r} ({INSTANCE_LABEL} label), not {instance!r}; "
+            "bridges sharing a namespace must run different DAGs or use different namespaces"
+        )
+    return None
+
+
+# --- the worker --------------------------------------------------------------------------------------------
+
+
+def default_worker_name() -> str:
+    """``kbridge-dispatcher-<host>-<pid>-<random>``: the suffix keeps a restarted container with the same
+    host name and pid from inheriting the name (and the unfinished jobs) of its dead predecessor."""
+    return f"kbridge-dispatcher-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class DispatcherWorker(SimpleWorker):
+    """An rq ``SimpleWorker`` on one queue with the bridge's allowlist, heartbeat and reaper.
+
+    rq's own registry cleaning keeps its ten-minute pace; the reaper runs every lease/4 s (before rq's
+    cleaning at start-up, so a dead dispatcher's job is requeued rather than failed as abandoned).
+    """
+
+    def __init__(
+        self,
+        config: KubeConfig,
+        redis: Redis,
+        dispatcher: Dispatcher,
+        *,
+        queue: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._lease_seconds = config.dispatcher_lease_seconds  # read by rq's constructor (dequeue timeout)
+        keys = Keys(config.key_prefix, config.result_stream)
+        queue_name = queue or config.queue_name
+        super().__init__(
+            [queue_name],
+            name=name or default_worker_name(),
+            connection=redis,
+            job_class=job_class_with(dispatcher.handlers()),
+            serializer=SERIALIZER,
+        )
+        self.dispatcher = dispatcher
+        self.queue_name = queue_name
+        self.stopping = False  # a SIGTERM/SIGINT asked for a warm shutdown
+        self.reaper = Reaper(redis, keys, queue_name, self._lease_seconds)
+        self._keys = keys
+        self._config = config
+        self._liveness = Heartbeat(redis, keys, self.name, self._lease_seconds)
+        self.push_exc_handler(self._fail_try_of_failed_job)  # type: ignore[no-untyped-call]
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """An idle BLMOVE waits at most lease/8 s (rq wants whole seconds), so the reaper, checked after
+        each wait, runs close to its lease/4 s pace."""
+        return max(1, int(self._lease_seconds / 8))
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """rq's loop; the signal handlers rq installs are put back afterwards (the worker may be embedded)."""
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        saved = (
+            {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+        )
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        self._claim_name()
+        super().bootstrap(*args, **kwargs)
+        self._liveness.start()
+
+    def _claim_name(self) -> None:
+        """Refuse a name a live dispatcher uses; take over the leftovers of a dead one with that name."""
+        age = heartbeat_age(self.connection, self._keys, self.name)
+        if age is not None and age <= self._lease_seconds:
+            raise UserInputError(
+                f"dispatcher name {self.name!r} is in use: a dispatcher with it beat {age:.1f} s ago; give "
+                f"this one another --name, or stop the other and wait {self._lease_seconds} s "
+                "(dispatcher_lease_seconds)"
+            )
+        if age is not None:  # our predecessor died: hand its jobs back before we take the name
+            self.reaper.reap()
+        if self.connection.exists(self.key) and not self.connection.hexists(self.key, "death"):
+            self.register_death()  # type: ignore[no-untyped-call]  # lets rq register the name again
+
+    def teardown(self) -> None:
+        self._liveness.stop()
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            self.log.warning("Worker %s: could not register its death: %s", self.name, exc)
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stopping = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return bool(self.reaper.due or super().should_run_maintenance_tasks)
+
+    def run_maintenance_tasks(self) -> None:
+        # A Redis outage must not end the worker: the next dequeue backs off and reconnects.
+        try:
+            if self.reaper.due:
+                self.reaper.reap()
+            if super().should_run_maintenance_tasks:
+                super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            self.log.warning("Worker %s: maintenance skipped, Redis error: %s", self.name, exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except RedisConnectionError as exc:
+            self.log.warning("Worker %s: Redis unavailable: %s", self.name, exc)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            super().heartbeat(timeout)
+        except RedisConnectionError as exc:
+            self.log.warning("Worker %s: Redis unavailable: %s", self.name, exc)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        except RedisError as exc:
+            # rq could not record the end of the job; the reaper requeues it once it is older than a lease,
+            # and the launch is idempotent.
+            self.log.error("Worker %s: Redis failed around job %s: %s", self.name, job.id, exc)
+            self._state = WorkerStatus.IDLE
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """rq's dequeue, kept alive through Redis outages (rq would end the worker on some of them) and
+        through job hashes too broken to load."""
+        pause = 1.0
+        while True:
+            try:
+                result: tuple[Job, Queue] | None = super().dequeue_job_and_maintain_ttl(
+                    timeout, max_idle_time
+                )
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.log.error("Worker %s: Redis unavailable (%s), retrying in %.0f s", self.name, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, REDIS_MAX_PAUSE_SECONDS)
+            except Exception as exc:
+                job_id = getattr(exc, "job_id", None)
+                if not isinstance(job_id, str):  # not about one job (StopRequested ...)
+                    raise
+                self._discard_unreadable_job(job_id, exc)
+            else:
+                return result
+
+    def _discard_unreadable_job(self, job_id: str, exc: Exception) -> None:
+        """A job hash rq cannot even load: fail it by hand (rq would stop the worker) and fail its try."""
+        message = f"rq job {Keys.rq_job(job_id)} cannot be read ({type(exc).__name__}: {exc}); it was not run"
+        self.log.error("Worker %s: %s", self.name, message)
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(Keys.rq_intermediate(self.queue_name), 1, job_id)
+                pipe.hset(Keys.rq_job(job_id), "status", "failed")
+                pipe.zadd(
+                    Keys.rq_failed(self.queue_name), {job_id: time.time() + self._config.record_ttl_seconds}
+                )
+                pipe.execute()
+            self.dispatcher.fail_queued(job_id, "InvalidMessage", message)
+        except RedisError as redis_error:
+            self.log.error("Worker %s: could not fail job %s: %s", self.name, job_id, redis_error)
+
+    def _fail_try_of_failed_job(
+        self, job: Job, exc_type: type[BaseException], exc: BaseException, _tb: Any
+    ) -> bool:
+        """rq exception handler: a job that raised (unknown function, undecodable data, a dispatcher bug,
+        abandoned) will not launch its try, so a still-queued try is failed with the reason."""
+        if isinstance(exc, RedisError):  # the launch may yet happen: the reaper requeues the job
+            return True
+        reason = (
+            "InvalidMessage"
+            if isinstance(exc, UnknownJobFunction | DeserializationError)
+            else "DispatchError"
+        )
+        try:
+            self.dispatcher.fail_queued(job.id, reason, str(exc) or exc_type.__name__)
+        except RedisError as redis_error:
+            self.log.error("Worker %s: could not fail the try of job %s: %s", self.name, job.id, redis_error)
+        return True
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def build_worker(
+    config: KubeConfig, *, queue: str | None = None, name: str | None = None, redis: Redis | None = None
+) -> DispatcherWorker:
+    """A dispatcher worker with its own Redis client and Kubernetes API client, as ``kbridge dispatcher``
+    runs it."""
+    try:
+        api = core_v1(config)
+    except ConfigException as exc:
+        where = "in-cluster service account" if config.in_cluster else f"kubeconfig {config.config_file}"
+        raise UserInputError(
+            f"cannot load Kubernetes credentials ({where}): {exc}; outside a cluster set [kubernetes] "
+            "in_cluster = False and config_file"
+        ) from None
+    redis = redis if redis is not None else redis_from_config(config)
+    return DispatcherWorker(config, redis, Dispatcher(config, redis, api), queue=queue, name=name)
+
+
+def main(argv: list[str]) -> int:
+    """Launch worker pods for queued task tries (an rq worker; SIGTERM finishes the current job first)."""
+    parser = argparse.ArgumentParser(prog="kbridge dispatcher", description=main.__doc__)
+    parser.add_argument("--config", help="INI file (default: $KBRIDGE_CONFIG, else the built-in defaults)")
+    parser.add_argument("--queue", help="rq queue to take launch jobs from (default: [bridge] queue_name)")
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    parser.add_argument("--name", help="worker name (default: kbridge-dispatcher-<host>-<pid>-<random>)")
+    options = parser.parse_args(argv)
+    config = load_config(options.config)
+    if options.queue is not None:
+        try:
+            QUEUE_NAME.parse(options.queue)
+        except ValueError as exc:
+            raise UserInputError(f"--queue {options.queue!r}: {exc}") from None
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        worker = build_worker(config, queue=options.queue, name=options.name)
+        worker.work(burst=options.burst, logging_level=config.log_level)
+    except RedisConnectionError as exc:
+        print(
+            f"kbridge dispatcher: cannot reach Redis at {redact_url(config.redis_url)}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    # rq leaves its loop on a burst's end, a stop request, or an error it already logged.
+    return 0 if options.burst or worker.stopping else 1

@@ -1,0 +1,247 @@
+"""Dispatcher heartbeats and the reaper: a dispatcher killed mid-job loses nothing; its job moves on at once.
+
+rq notices a dead worker only when the worker's entry in the started registry expires (job timeout + 60 s)
+or, for a job caught between the queue and that registry, after a minute at a ten-minute cleaning pace, and
+then it *fails* the job. Meanwhile the task waits. Launching a pod is idempotent (one pod name per try, a 409
+is checked against the pod's annotations), so handing a job back too early costs one extra API call, while
+handing it back late costs task latency. So every dispatcher publishes a heartbeat several times per lease,
+stamped with Redis' own clock (hosts' clocks never matter), and every dispatcher runs a reaper that puts the
+jobs of a silent dispatcher back at the head of the queue. Each hand-back is one Lua script whose ZREM (or
+LREM) succeeds for exactly one reaper, so N reapers never duplicate a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.executions import Execution
+from rq.worker import BaseWorker
+
+from bridge.protocol import Keys
+
+log = logging.getLogger(__name__)
+
+# A member of the heartbeat set silent this long is dropped (the reaper has long handled its jobs by then).
+HEARTBEAT_RETENTION_MS = 3600 * 1000
+
+_SERVER_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: heartbeat zset. ARGV: name, retention ms. Stamps the dispatcher with the server's time.
+_BEAT = (
+    _SERVER_NOW_MS
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return now
+"""
+)
+
+# KEYS: heartbeat zset. ARGV: name. Milliseconds since the name's last beat, or false if it never beat.
+_AGE = (
+    _SERVER_NOW_MS
+    + """
+local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not beat then return false end
+return now - tonumber(beat)
+"""
+)
+
+# Requeue one started-registry entry if its dispatcher is dead, or alive but no longer working on it.
+# KEYS: wip zset, intermediate list, queue list, job hash, heartbeat zset, rq worker hash
+# ARGV: entry (<job id>:<execution id>), job id, worker name, lease ms, execution start (ms, or '')
+# Returns 0 (left alone), 1 (requeued) or 2 (entry dropped: the job is gone or no longer runnable).
+_REQUEUE_STARTED = (
+    _SERVER_NOW_MS
+    + """
+local lease = tonumber(ARGV[4])
+if ARGV[3] ~= '' then
+  local beat = redis.call('ZSCORE', KEYS[5], ARGV[3])
+  if beat and now - tonumber(beat) <= lease then
+    local current = redis.call('HGET', KEYS[6], 'current_job')
+    if current == ARGV[2] and redis.call('HGET', KEYS[6], 'state') == 'busy' then return 0 end
+    -- just dequeued: rq records the current job a moment after the started entry
+    if ARGV[5] == '' or now - tonumber(ARGV[5]) <= lease then return 0 end
+  end
+end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LREM', KEYS[2], 0, ARGV[2])
+local status = redis.call('HGET', KEYS[4], 'status')
+if status == 'started' or status == 'queued' then
+  redis.call('HSET', KEYS[4], 'status', 'queued')
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+  return 1
+end
+return 2
+"""
+)
+
+# Requeue a job id stuck in the intermediate list (taken off the queue by a dispatcher that died before
+# registering it as started). KEYS: intermediate list, queue list, job hash. ARGV: job id. Returns as above.
+_REQUEUE_TAKEN = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'started' or status == 'queued' then
+  redis.call('HSET', KEYS[3], 'status', 'queued')
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 2
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def heartbeat_age(redis: Redis, keys: Keys, name: str) -> float | None:
+    """Seconds since dispatcher ``name`` last beat (Redis server time), or None if it never did."""
+    age = redis.register_script(_AGE)(keys=[keys.dispatchers], args=[name])
+    return None if age is None else int(age) / 1000
+
+
+class Heartbeat:
+    """Stamps ``name`` in ``<prefix>:dispatchers`` every lease/4 s from a thread (also while a job runs)."""
+
+    def __init__(self, redis: Redis, keys: Keys, name: str, lease_seconds: float) -> None:
+        self.name = name
+        self.interval = lease_seconds / 4
+        self._redis = redis
+        self._keys = keys
+        self._beat = redis.register_script(_BEAT)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{name}", daemon=True)
+
+    def beat(self) -> None:
+        self._beat(keys=[self._keys.dispatchers], args=[self.name, HEARTBEAT_RETENTION_MS])
+
+    def start(self) -> None:
+        """Beat once (a Redis error is raised: the dispatcher cannot start) and keep beating."""
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and leave the set: a dispatcher that stops cleanly has no job left to reap."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self._redis.zrem(self._keys.dispatchers, self.name)
+        except RedisError as exc:
+            log.warning("dispatcher %s: could not leave %s: %s", self.name, self._keys.dispatchers, exc)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stopped.wait(self.interval):
+            try:
+                self.beat()
+            except RedisError as exc:
+                if not failing:  # once per outage; the reaper of another dispatcher may now requeue our job
+                    log.warning("dispatcher %s: heartbeat failed, retrying: %s", self.name, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("dispatcher %s: heartbeat restored", self.name)
+                failing = False
+
+
+class Reaper:
+    """Hands the jobs of dead dispatchers on one queue back to that queue; run it every :attr:`interval` s."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        queue: str,
+        lease_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = lease_seconds / 4
+        self._redis = redis
+        self._keys = keys
+        self._queue = queue
+        self._lease_seconds = lease_seconds
+        self._clock = clock
+        self._next_run = clock()
+        # Job ids seen in the intermediate list and not started, with when this reaper first saw them.
+        self._taken_since: dict[str, float] = {}
+        self._requeue_started = redis.register_script(_REQUEUE_STARTED)
+        self._requeue_taken = redis.register_script(_REQUEUE_TAKEN)
+
+    @property
+    def due(self) -> bool:
+        return self._clock() >= self._next_run
+
+    def reap(self) -> list[str]:
+        """Requeue abandoned jobs of the queue and return their ids; safe in any number of dispatchers."""
+        self._next_run = self._clock() + self.interval
+        requeued: list[str] = []
+        started: set[str] = set()
+        for raw_entry in self._redis.zrange(Keys.rq_started(self._queue), 0, -1):
+            entry = _text(raw_entry)
+            job_id, _, execution_id = entry.rpartition(":")
+            started.add(job_id)
+            if self._reap_started(entry, job_id, execution_id):
+                requeued.append(job_id)
+        requeued += self._reap_taken(started)
+        return requeued
+
+    def _reap_started(self, entry: str, job_id: str, execution_id: str) -> bool:
+        execution_key = Execution(execution_id, job_id, self._redis).key
+        worker_name, created_at = self._redis.hmget(execution_key, ["worker_name", "created_at"])
+        if not worker_name:  # the execution expired: fall back to the job's own record of its worker
+            worker_name = self._redis.hget(Keys.rq_job(job_id), "worker_name")
+        worker = _text(worker_name) if worker_name else ""
+        started_ms = f"{float(_text(created_at)) * 1000:.0f}" if created_at else ""
+        result = self._requeue_started(
+            keys=[
+                Keys.rq_started(self._queue),
+                Keys.rq_intermediate(self._queue),
+                Keys.rq_queue(self._queue),
+                Keys.rq_job(job_id),
+                self._keys.dispatchers,
+                BaseWorker.redis_worker_namespace_prefix + worker,
+            ],
+            args=[entry, job_id, worker, int(self._lease_seconds * 1000), started_ms],
+        )
+        if result == 1:
+            log.warning("requeued job %s: dispatcher %s stopped working on it", job_id, worker or "(unknown)")
+        elif result == 2:
+            log.info("dropped started entry of job %s: the job is gone or no longer runnable", job_id)
+        return bool(result == 1)
+
+    def _reap_taken(self, started: set[str]) -> list[str]:
+        now = self._clock()
+        requeued: list[str] = []
+        still_taken: dict[str, float] = {}
+        for raw_id in self._redis.lrange(Keys.rq_intermediate(self._queue), 0, -1):
+            job_id = _text(raw_id)
+            if job_id in started:  # its started entry tells whose it is; _reap_started decides
+                continue
+            since = self._taken_since.get(job_id, now)
+            if now - since <= self._lease_seconds:
+                still_taken[job_id] = since
+                continue
+            result = self._requeue_taken(
+                keys=[
+                    Keys.rq_intermediate(self._queue),
+                    Keys.rq_queue(self._queue),
+                    Keys.rq_job(job_id),
+                ],
+                args=[job_id],
+            )
+            if result == 1:
+                log.warning(
+                    "requeued job %s: taken off the queue by a dispatcher that never started it", job_id
+                )
+                requeued.append(job_id)
+        self._taken_since = still_taken
+        return requeued
