@@ -2,10 +2,11 @@
 
 Dispatchers and the watcher both report on tries, a deposed watcher may still be finishing a batch, and a
 re-list replays pods already seen. So every report goes through one Lua script that (1) moves the record
-only forward in :data:`~bridge.protocol.STATE_RANK` order (the first terminal state wins), (2) appends the
-outcome to the result stream only when the record actually moved to a streamed state, (3) keeps the
-in-flight set in step and (4) optionally stores the watcher's resourceVersion checkpoint, all in one step.
-A crash between those writes is therefore impossible, and replays cost nothing but a no-op.
+only forward in :data:`~bridge.protocol.STATE_RANK` order, the first terminal report winning with its
+details, (2) appends the outcome to the result stream only when the record actually moved to a streamed
+state, (3) keeps the in-flight set in step and (4) optionally stores the watcher's resourceVersion
+checkpoint, all in one step. A crash between those writes is therefore impossible, and replays cost
+nothing but a no-op.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ local record = {}
 for i = 8, 7 + 2 * n do record[#record + 1] = ARGV[i] end
 if current_rank > new_rank then return 0 end
 if current_rank == new_rank and current ~= new_state then return 0 end
+if current == new_state and new_rank >= 4 then return 0 end
 redis.call('HSET', KEYS[1], unpack(record))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 if current == new_state then return 0 end
@@ -80,8 +82,9 @@ class TryRecords:
     ) -> bool:
         """Move ``record`` forward; stream ``outcome`` if it moved. True if the state changed.
 
-        A record at the same state is refreshed (e.g. a new waiting reason) without streaming again; an
-        older state, or a different terminal state than the one recorded, changes nothing. With
+        A record at the same unfinished state is refreshed (e.g. a new waiting reason) without streaming
+        again; an older state, or any terminal state once one is recorded, changes nothing (a finished
+        try keeps the details of its first terminal report). With
         ``pipeline`` the call is queued and returns False; read the script's result from ``execute()``.
         """
         if outcome is not None and outcome.state != record.state:

@@ -56,6 +56,16 @@ def test_the_first_terminal_state_wins(redis_client: redis.Redis) -> None:
     assert stream_states(redis_client) == ["failed"]
 
 
+def test_a_finished_try_keeps_the_details_of_its_first_terminal_report(redis_client: redis.Redis) -> None:
+    store = records(redis_client)
+    assert advance(store, TryState.FAILED, reason="OOMKilled", exit_code=137)
+    assert not advance(store, TryState.FAILED, reason="PodDeleted")  # the later deletion of the same pod
+    record = store.get(job_id_for(KEY))
+    assert record is not None
+    assert (record.reason, record.exit_code) == ("OOMKilled", 137)
+    assert stream_states(redis_client) == ["failed"]
+
+
 def test_a_same_state_write_refreshes_fields_without_streaming(redis_client: redis.Redis) -> None:
     store = records(redis_client)
     assert store.advance(TryRecord(KEY, TryState.PENDING, reason="ContainerCreating"))
