@@ -351,8 +351,11 @@ class Option:
 
 
 CORE, KUBERNETES, BRIDGE = "core", "kubernetes", "bridge"
+# Airflow's list plus ImagePullBackOff: a watcher that re-lists after the ErrImagePull event may only see
+# the back-off, and should not then wait out the pending timeout.
 FATAL_PENDING_REASONS = (
-    "CreateContainerConfigError,ErrImagePull,CreateContainerError,ImageInspectError,InvalidImageName"
+    "CreateContainerConfigError,ErrImagePull,ImagePullBackOff,CreateContainerError,ImageInspectError,"
+    "InvalidImageName"
 )
 
 OPTIONS: tuple[Option, ...] = (

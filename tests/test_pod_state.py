@@ -111,10 +111,15 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], Expected]] = {
         {},
         (PENDING, "ContainerCreating", None),
     ),
-    "back-off is not fatal": (
-        pod("Pending", waiting("ImagePullBackOff")),
+    "a waiting reason outside the fatal list is not fatal": (
+        pod("Pending", waiting("PodInitializing")),
         {},
-        (PENDING, "ImagePullBackOff", None),
+        (PENDING, "PodInitializing", None),
+    ),
+    "fatal by default: image pull back-off (what a re-list sees after ErrImagePull)": (
+        pod("Pending", waiting("ImagePullBackOff", "Back-off pulling image")),
+        {},
+        (FAILED, "ImagePullBackOff", None),
     ),
     "fatal: image pull": (
         pod("Pending", waiting("ErrImagePull", "not found")),
@@ -212,13 +217,13 @@ def test_messages_say_what_happened() -> None:
 
 def test_pending_timeout_names_the_option_and_what_the_pod_waited_for() -> None:
     result = report(
-        pod("Pending", waiting("ImagePullBackOff", "Back-off pulling"), created_ago=42), timeout=30
+        pod("Pending", waiting("PodInitializing", "waiting for init containers"), created_ago=42), timeout=30
     )
     assert result is not None
     assert result.reason == PENDING_TIMEOUT
     assert "worker_pods_pending_timeout = 30 s" in result.message
     assert "42 s" in result.message
-    assert "ImagePullBackOff: Back-off pulling" in result.message
+    assert "PodInitializing: waiting for init containers" in result.message
 
 
 def test_a_pod_without_a_readable_creation_time_never_times_out() -> None:
