@@ -69,7 +69,14 @@ def free_loopback_port() -> int:
 class RedisServer:
     """One ``redis-server`` child process with append-only persistence in a private directory."""
 
-    def __init__(self, binary: str | None = None, data_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, data_dir: str | Path | None = None, *, appendfsync: str = "always"
+    ) -> None:
+        """``appendfsync="always"`` (the default) survives a SIGKILL without losing an acknowledged write;
+        ``"everysec"``, Redis' usual production setting, may lose the last second but costs far less."""
+        if appendfsync not in ("always", "everysec"):
+            raise ValueError(f"appendfsync must be 'always' or 'everysec', got {appendfsync!r}")
+        self.appendfsync = appendfsync
         self.binary = binary or find_server_binary()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="kbridge-redis-"))
@@ -152,7 +159,7 @@ class RedisServer:
             "--dir", str(self.data_dir),
             "--logfile", _LOG_FILE,
             "--appendonly", "yes",
-            "--appendfsync", "always",  # a SIGKILL must not lose acknowledged writes
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
         ]  # fmt: skip

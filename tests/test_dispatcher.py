@@ -501,7 +501,7 @@ def test_sigterm_lets_the_dispatcher_finish_its_current_job(
     assert record(redis_client, key(1)).state is TryState.LAUNCHED
     assert record(redis_client, key(2)).state is TryState.QUEUED  # stopped before taking the next job
     assert [text(job) for job in redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1)] == [second]
-    assert "warm shut down requested" in output
+    assert "stop requested, finishing the current job first" in output
 
 
 @pytest.mark.timeout(60)

@@ -66,3 +66,11 @@ def test_a_server_that_cannot_start_reports_its_own_error(tmp_path: Path) -> Non
     with pytest.raises(RedisServerError, match="FATAL CONFIG FILE ERROR"):
         server.start()
     assert not server.running
+
+
+def test_fsync_policy_is_always_by_default_and_everysec_on_request() -> None:
+    with RedisServer() as strict, RedisServer(appendfsync="everysec") as relaxed:
+        assert strict.client().config_get("appendfsync") == {"appendfsync": "always"}
+        assert relaxed.client().config_get("appendfsync") == {"appendfsync": "everysec"}
+    with pytest.raises(ValueError, match="appendfsync must be 'always' or 'everysec', got 'no'"):
+        RedisServer(appendfsync="no")

@@ -231,7 +231,8 @@ class LocalStack:
 
     ``settings`` (``{section: {key: text}}``) override the generated configuration file. ``redis_url``
     uses an existing server instead of starting one (then :meth:`restart_redis` is unavailable, and the
-    database must be one the stack may fill). ``run_dir`` keeps the configuration, kubeconfig and logs
+    database must be one the stack may fill); ``redis_appendfsync`` is passed to
+    :class:`~bridge.redis_server.RedisServer`. ``run_dir`` keeps the configuration, kubeconfig and logs
     (default: a temporary directory removed by :meth:`stop`).
     """
 
@@ -248,6 +249,7 @@ class LocalStack:
         run_dir: str | os.PathLike[str] | None = None,
         start_timeout_s: float = 30.0,
         run_id: str | None = None,
+        redis_appendfsync: str = "always",
     ) -> None:
         self.run_id = run_id or os.environ.get(RUN_MARKER) or uuid.uuid4().hex[:12]
         self._own_run_dir = run_dir is None
@@ -259,6 +261,7 @@ class LocalStack:
         self._kubelet, self._profile, self._nodes = kubelet, profile, nodes
         self._settings = {section: dict(values) for section, values in (settings or {}).items()}
         self._given_redis_url = redis_url
+        self._redis_appendfsync = redis_appendfsync
         self.redis_server: RedisServer | None = None
         self.redis_url = redis_url or ""
         self.sim: ManagedProcess | None = None
@@ -296,7 +299,9 @@ class LocalStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._given_redis_url is None:
             (self.run_dir / "redis").mkdir(exist_ok=True)
-            self.redis_server = RedisServer(data_dir=self.run_dir / "redis").start()
+            self.redis_server = RedisServer(
+                data_dir=self.run_dir / "redis", appendfsync=self._redis_appendfsync
+            ).start()
             self.redis_url = self.redis_server.url
         self.sim = self._spawn(
             "sim",
