@@ -37,7 +37,12 @@ _BURST_POLL_S = 0.05
 
 
 class PodTimes(PodCreations):
-    """:class:`PodCreations` that also notes when each pod was created and when it finished (bench clock)."""
+    """:class:`PodCreations` that also notes when each pod was created and when it finished (bench clock).
+
+    Long watch stretches: the reconnect between two stretches would otherwise show up as latency.
+    """
+
+    stretch_seconds = 60
 
     def __init__(self, sim_url: str, namespace: str = "default") -> None:
         super().__init__(sim_url, namespace)
@@ -106,6 +111,14 @@ def _drain(
         _sync_once(executor, synced_at, poll_s)
 
 
+def _no_pods_left(stack: LocalStack) -> bool:
+    core = stack.core_v1()
+    try:
+        return not core.list_namespaced_pod(stack.namespace, limit=1).items
+    finally:
+        core.api_client.close()
+
+
 def _sim_create_latencies(stack: LocalStack, count: int = 200) -> list[float]:
     core = stack.core_v1()
     spec = {"containers": [{"name": "base", "image": "python:3.12-slim"}], "restartPolicy": "Never"}
@@ -150,6 +163,9 @@ def _measure(
     names = [job_id_for(key) for key in burst]
     wait_until(lambda: all(name in pods.created_at for name in names), 30, "the burst's pods")
     burst_seconds = max(pods.created_at[name] for name in names) - started
+    # The watcher is still deleting the burst's pods: let it finish, or the paced phase would measure
+    # CPU contention with that clean-up instead of the bridge's latency.
+    wait_until(lambda: _no_pods_left(stack), timeout_s, "the burst's pods to be deleted")
 
     # Paced: steady arrivals at half the measured rate (capped), each try queued by its own sync().
     rate = min(tasks / burst_seconds / 2, 100.0)

@@ -554,6 +554,8 @@ class PodCreations:
     when every write up to a point has been seen.
     """
 
+    stretch_seconds = 1  # each watch request ends after this long (with a bookmark), then resumes
+
     def __init__(self, sim_url: str, namespace: str = "default") -> None:
         self._url = f"{sim_url}/api/v1/namespaces/{namespace}/pods"
         self.added: Counter[str] = Counter()
@@ -610,7 +612,8 @@ class PodCreations:
     def _run(self) -> None:
         while not self._stopping.is_set():
             query = (
-                f"?watch=1&allowWatchBookmarks=true&timeoutSeconds=1&resourceVersion={self._resource_version}"
+                f"?watch=1&allowWatchBookmarks=true&timeoutSeconds={self.stretch_seconds}"
+                f"&resourceVersion={self._resource_version}"
             )
             try:
                 with urllib.request.urlopen(self._url + query, timeout=10) as stream:  # noqa: S310
