@@ -421,7 +421,8 @@ OPTIONS: tuple[Option, ...] = (
            "Client socket timeout of each API call and watch read, so a dropped connection is noticed.",
            KUBE_CLIENT),
     Option(KUBERNETES, "watch_timeout_seconds", integer(1, 86400), "3600",
-           "Server-side lifetime of one pod watch; the watcher then resumes from the last resourceVersion.",
+           "Longest life of one pod watch request (the watcher also ends each after a 5 s sweep interval), "
+           "then it resumes from the last resourceVersion.",
            (WATCHER,)),
     Option(KUBERNETES, "enable_tcp_keepalive", BOOLEAN, "True",
            "TCP keepalive on API connections, so idle watches survive load balancers and firewalls.",
