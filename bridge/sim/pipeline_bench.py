@@ -25,6 +25,8 @@ from typing import Any
 
 from bridge.executor import KubernetesExecutor
 from bridge.protocol import job_id_for
+from bridge.sim.bench import percentile
+from bridge.sim.profiles import PROFILES
 from bridge.sim.stack import LocalStack, PodCreations, wait_until
 from bridge.task_key import TaskKey
 
@@ -75,11 +77,6 @@ class CaseResult:
     synced_p99_ms: float
     sim_create_p50_ms: float
     sim_create_p99_ms: float
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def _ms(values: Sequence[float], fraction: float) -> float:
@@ -235,9 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dispatchers", default="1,4", help="comma-separated dispatcher counts")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     options = parser.parse_args(argv)
+    try:
+        counts = [int(text) for text in options.dispatchers.split(",")]
+    except ValueError:
+        counts = []
+    if options.tasks < 1 or options.paced_tasks < 1 or not counts or min(counts) < 1:
+        parser.error("--tasks, --paced-tasks and every --dispatchers count must be whole numbers >= 1")
+    unknown = set(options.profiles.split(",")) - set(PROFILES)
+    if unknown:
+        parser.error(f"unknown profile(s) {', '.join(sorted(unknown))}; choose among {', '.join(PROFILES)}")
     results = []
     for profile in options.profiles.split(","):
-        for count in (int(text) for text in options.dispatchers.split(",")):
+        for count in counts:
             print(f"bench: {profile}, {count} dispatcher(s), {options.tasks} tries ...", file=sys.stderr)
             results.append(run_case(profile, count, options.tasks, options.paced_tasks))
     if options.json:
