@@ -14,6 +14,15 @@ fast and must survive Redis outages, so:
 * Each try's record in Redis (:mod:`bridge.records`) is the memory that survives a scheduler restart:
   ``clear_not_launched_queued_tasks`` adopts tries that are queued or running and reports terminal ones.
 
+One executor (one scheduler) per bridge instance (``[bridge] key_prefix`` in one Redis database): the
+executor acknowledges every outcome it reads, including those of tries it does not know, so a second
+executor reading the same consumer group would swallow the first one's outcomes. Outcomes of tries not (yet)
+known are kept for a while (the last :data:`UNADOPTED_OUTCOMES`), so tries adopted after a restart by
+``clear_not_launched_queued_tasks`` still get outcomes that were read before they were adopted. Give the
+executor a stable ``[bridge] consumer_name`` (e.g. a StatefulSet pod name) so a restart re-reads its own
+unacknowledged outcomes at once; with a changing name they are claimed from the old name after
+:data:`bridge.results.CLAIM_IDLE_SECONDS`.
+
 Task keys: anything Airflow passes as a ``TaskInstanceKey`` works, i.e. a
 :class:`~bridge.task_key.TaskKey` or any 5-tuple ``(dag_id, task_id, run_id, try_number, map_index)``.
 ``running`` and ``event_buffer`` hold :class:`~bridge.task_key.TaskKey` objects, which compare and hash
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -43,10 +53,11 @@ from bridge.protocol import (
     Outcome,
     TryRecord,
     TryState,
+    decode_text,
     job_id_for,
     utc_now,
 )
-from bridge.queue import DEAD_JOB_STATUSES, PreparedJob, RevokeAction, TaskQueue
+from bridge.queue import DEAD_JOB_STATUSES, EnqueueStatus, PreparedJob, RevokeAction, RevokeResult, TaskQueue
 from bridge.records import TryRecords
 from bridge.results import Entry, ResultReader
 from bridge.task_key import TaskKey, TaskKeyError
@@ -60,7 +71,8 @@ RUNNING, SUCCESS, FAILED = "running", "success", "failed"
 _EVENT_STATE = {TryState.RUNNING: RUNNING, TryState.SUCCESS: SUCCESS}  # anything else terminal: failed
 # Record states that mean a dispatcher launched the pod (or is about to report on it).
 _LAUNCHED_STATES = frozenset({TryState.LAUNCHED, TryState.PENDING, TryState.RUNNING})
-TRIM_INTERVAL_SECONDS = 30.0
+TRIM_INTERVAL_SECONDS = 30.0  # also how often outcomes left pending by a gone consumer are claimed
+UNADOPTED_OUTCOMES = 10_000  # outcomes of unknown tries kept for a later adoption (oldest dropped first)
 READS_PER_SYNC = 10  # batches of outcomes applied per sync(), so one call never runs unbounded
 _RETRY_PAUSE_SECONDS = 1.0  # end() between attempts while Redis is unreachable
 
@@ -105,13 +117,18 @@ class KubernetesExecutor:
         self._duplicates: list[TaskKey] = []  # enqueued before by someone: settle from their records
         self._unacked: list[str] = []  # applied outcomes whose XACK has not gone through yet
         self._reported_running: set[TaskKey] = set()
-        self._last_trim = time.monotonic()
+        # Outcomes read for tries not in ``running`` (not adopted yet after a restart), latest per try.
+        self._unadopted: OrderedDict[TaskKey, Outcome] = OrderedDict()
+        self._last_maintenance = time.monotonic()
         self._redis_down = False
 
     # --- the scheduler's interface ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Make sure the consumer group exists; an unreachable Redis is retried by every sync()."""
+        """Make sure the consumer group exists and claim outcomes a gone consumer left unacknowledged.
+
+        An unreachable Redis is retried by every sync().
+        """
         log.info(
             "Starting the Kubernetes executor (queue %s, results %s, group %s, consumer %s)",
             self.config.queue_name,
@@ -119,7 +136,7 @@ class KubernetesExecutor:
             self.reader.group,
             self.reader.consumer,
         )
-        self._guard(self.reader.ensure_group)
+        self._guard(self._start_reading)
 
     def execute_async(
         self,
@@ -162,12 +179,20 @@ class KubernetesExecutor:
         if not self._batch:
             return True
         batch = self._batch
-        flags = self._guard(self.queue.enqueue, batch)
-        if flags is None:
+        results = self._guard(self.queue.enqueue, batch)
+        if results is None:
             return False
         self._batch = []
-        self._duplicates += [job.key for job, fresh in zip(batch, flags, strict=True) if not fresh]
-        log.debug("Queued %d task(s), %d already known", len(batch), len(batch) - sum(flags))
+        for job, result in zip(batch, results, strict=True):
+            if result.status is EnqueueStatus.DUPLICATE:
+                self._duplicates.append(job.key)
+            elif result.status is EnqueueStatus.REFUSED:
+                message = f"queue {job.queue!r} cannot be used: {result.message}"
+                log.error("Task %s cannot be queued: %s", job.key, message)
+                failed = Outcome(job.key, TryState.FAILED, "InvalidTask", message, source="executor")
+                self._event(failed)
+        fresh = sum(result.fresh for result in results)
+        log.debug("Queued %d task(s), %d not (already known or refused)", fresh, len(batch) - fresh)
         return True
 
     def sync(self) -> None:
@@ -208,42 +233,40 @@ class KubernetesExecutor:
     def terminate(self) -> None:
         """Revoke every running try: queued ones leave their queue, launched ones get their pod deleted.
 
-        Every running try is reported failed at once; the scheduler does not wait for the pods to go.
+        Outcomes already in the result stream are applied first, and a try whose record already ended is
+        reported as it ended; every other running try is reported failed at once, the scheduler does not
+        wait for the pods to go.
         """
         self.flush()
+        self._guard(self._sync, None)
         for key in sorted(self.running):
-            self.revoke(key)
-            if key in self.running:
-                message = "executor terminated"
-                self._event(
-                    Outcome(key, TryState.REVOKED, reason="Revoked", message=message, source="executor")
-                )
+            result = self._revoke(key)
+            if key not in self.running:  # it was never sent: already reported
+                continue
+            if result is not None and result.action is RevokeAction.FINISHED:
+                record = self._guard(self.records.get, job_id_for(key))
+                if record is not None and record.terminal:
+                    self._event(_outcome_from_record(record))
+                    continue
+            message = "executor terminated"
+            self._event(Outcome(key, TryState.REVOKED, reason="Revoked", message=message, source="executor"))
 
     def revoke(self, key: TaskKeyLike) -> bool:
         """Stop one try; True if it was taken off its queue or its pod deletion was queued.
 
         Its outcome (revoked, reported as failed) arrives through the result stream as usual.
         """
-        task = task_key(key)
-        unsent = [job for job in self._batch if job.key == task]
-        if unsent:  # never reached Redis: nothing else will report on it
-            self._batch = [job for job in self._batch if job.key != task]
-            message = "revoked before it was queued"
-            self._event(Outcome(task, TryState.REVOKED, reason="Revoked", message=message, source="executor"))
-            return True
-        result = self._guard(self.queue.revoke, task, self.config.namespace)
-        if result is None:
-            return False
-        log.info("Revoking %s: %s (was %s)", task, result.action.value, result.state)
-        return result.action in (RevokeAction.DEQUEUED, RevokeAction.DELETE_QUEUED)
+        result = self._revoke(task_key(key))
+        return result is not None and result.action in (RevokeAction.DEQUEUED, RevokeAction.DELETE_QUEUED)
 
     def clear_not_launched_queued_tasks(self, queued: Iterable[TaskKeyLike]) -> list[TaskKey]:
         """After a scheduler restart: of the tries the scheduler believes queued, return those never launched.
 
-        Per try, from its record and rq job (one round trip): a terminal record reports its outcome now;
-        a launched (or pending, running) record, or a live rq job, is adopted into ``running``; anything
-        else was never launched and is returned, for the scheduler to queue again. If Redis is
-        unreachable, nothing is decided and the empty list is returned (call again later).
+        Per try, from its record and rq job (one round trip): a try that ended (its record, or an outcome
+        read before this call) reports its outcome now, as does a try revoked before any dispatcher ran it;
+        a launched (or pending, running) record, or a live rq job (queued, started), is adopted into
+        ``running``; anything else was never launched and is returned, for the scheduler to queue again.
+        If Redis is unreachable, nothing is decided and the empty list is returned (call again later).
         """
         keys = [task_key(key) for key in queued]
         found = self._guard(self._records_and_statuses, keys)
@@ -251,13 +274,20 @@ class KubernetesExecutor:
             return []
         not_launched: list[TaskKey] = []
         for key, (record, status) in zip(keys, found, strict=True):
-            if record is not None and record.terminal:
+            early = self._unadopted.pop(key, None)
+            live_job = status is not None and status not in DEAD_JOB_STATUSES
+            if early is not None and early.state in TERMINAL_STATES:
+                self._event(early)
+            elif record is not None and record.terminal:
                 self._event(_outcome_from_record(record))
-            elif record is not None and (
-                record.state in _LAUNCHED_STATES or record.revoked or status not in (None, *DEAD_JOB_STATUSES)
-            ):
+            elif (record is not None and record.state in _LAUNCHED_STATES) or live_job:
                 self.running.add(key)
-                log.info("Adopted %s (%s)", key, record.state.value)
+                log.info("Adopted %s (%s)", key, record.state.value if record else f"rq job {status}")
+                if early is not None:  # it started running before we adopted it
+                    self._apply_outcome(early)
+            elif record is not None and record.revoked:
+                message = "revoked before a dispatcher launched it"
+                self._event(Outcome(key, TryState.REVOKED, "Revoked", message, source="record"))
             else:
                 not_launched.append(key)
         if not_launched:
@@ -266,11 +296,18 @@ class KubernetesExecutor:
 
     # --- internals ----------------------------------------------------------------------------------
 
+    def _start_reading(self) -> None:
+        self.reader.ensure_group()
+        self.reader.reclaim()
+
     def _sync(self, block_ms: int | None) -> bool:
         self._settle_duplicates()
         if self._unacked:
             self.reader.ack(self._unacked)
             self._unacked = []
+        maintenance = time.monotonic() - self._last_maintenance >= TRIM_INTERVAL_SECONDS
+        if maintenance:
+            self.reader.reclaim()  # what it claims is read below, with our own pending entries
         for _read in range(READS_PER_SYNC):
             entries = self.reader.read(block_ms)
             block_ms = None
@@ -282,20 +319,34 @@ class KubernetesExecutor:
             self._unacked = []
             if len(entries) < self.reader.batch_size:
                 break
-        if time.monotonic() - self._last_trim >= TRIM_INTERVAL_SECONDS:
+        if maintenance:
             self.reader.trim_acknowledged()
-            self._last_trim = time.monotonic()
+            self._last_maintenance = time.monotonic()
         return True
 
     def _apply(self, entries: list[Entry]) -> None:
         for _entry_id, outcome in entries:
-            if outcome is None or outcome.key not in self.running:
-                continue  # malformed (logged by the reader), a duplicate, or not ours
-            if outcome.state is TryState.RUNNING:
-                if outcome.key in self._reported_running:
-                    continue
-                self._reported_running.add(outcome.key)
-            self._event(outcome)
+            if outcome is not None:  # None: malformed, logged by the reader
+                self._apply_outcome(outcome)
+
+    def _apply_outcome(self, outcome: Outcome) -> None:
+        if outcome.key not in self.running:
+            self._remember(outcome)  # a duplicate, or a try not adopted yet
+            return
+        if outcome.state is TryState.RUNNING:
+            if outcome.key in self._reported_running:
+                return
+            self._reported_running.add(outcome.key)
+        self._event(outcome)
+
+    def _remember(self, outcome: Outcome) -> None:
+        """Keep the latest outcome of a try we do not know (a terminal one is never replaced)."""
+        earlier = self._unadopted.pop(outcome.key, None)
+        self._unadopted[outcome.key] = (
+            earlier if earlier is not None and earlier.state in TERMINAL_STATES else outcome
+        )
+        while len(self._unadopted) > UNADOPTED_OUTCOMES:
+            self._unadopted.popitem(last=False)
 
     def _event(self, outcome: Outcome) -> None:
         state = _EVENT_STATE.get(outcome.state, FAILED)
@@ -314,11 +365,31 @@ class KubernetesExecutor:
         records = self.records.get_many([job_id_for(key) for key in self._duplicates])
         for key in self._duplicates:
             record = records[job_id_for(key)]
-            if record is not None and record.terminal and key in self.running:
+            early = self._unadopted.pop(key, None)
+            if key not in self.running:
+                continue
+            if early is not None and early.state in TERMINAL_STATES:
+                self._event(early)
+            elif record is not None and record.terminal:
                 self._event(_outcome_from_record(record))
             else:
                 log.info("Task %s was queued before; waiting for its outcome", key)
+                if early is not None:
+                    self._apply_outcome(early)
         self._duplicates = []
+
+    def _revoke(self, task: TaskKey) -> RevokeResult | None:
+        """Revoke one try (see :meth:`revoke`); None if Redis failed or it was never sent."""
+        unsent = [job for job in self._batch if job.key == task]
+        if unsent:  # never reached Redis: nothing else will report on it
+            self._batch = [job for job in self._batch if job.key != task]
+            message = "revoked before it was queued"
+            self._event(Outcome(task, TryState.REVOKED, reason="Revoked", message=message, source="executor"))
+            return RevokeResult(RevokeAction.DEQUEUED, None)
+        result = self._guard(self.queue.revoke, task, self.config.namespace)
+        if result is not None:
+            log.info("Revoking %s: %s (was %s)", task, result.action.value, result.state)
+        return result
 
     def _records_and_statuses(self, keys: list[TaskKey]) -> list[tuple[TryRecord | None, str | None]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -334,7 +405,7 @@ class KubernetesExecutor:
             except UserInputError as exc:
                 log.warning("Unreadable try record, treated as missing: %s", exc)
                 record = None
-            found.append((record, status.decode() if isinstance(status, bytes) else status))
+            found.append((record, None if status is None else decode_text(status, replace=True)))
         return found
 
     def _queue_name(self, queue: object) -> str:
@@ -348,7 +419,12 @@ class KubernetesExecutor:
             raise InvalidTask(f"queue {queue!r} is not a valid rq queue name: {exc}") from None
 
     def _guard(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
-        """``call(...)``, or None after logging if Redis failed: the scheduler loop must go on."""
+        """``call(...)``, or None after logging if it failed: the scheduler loop must go on.
+
+        Redis errors are expected (outages, a refused command). Anything else is a bug or input nobody
+        foresaw; it is logged with its traceback and the outcomes read since the last acknowledgement are
+        read again next time, so nothing is lost while the scheduler keeps running.
+        """
         try:
             result = call(*args, **kwargs)
         except RedisError as exc:
@@ -358,6 +434,10 @@ class KubernetesExecutor:
             what = "unavailable" if outage else "refused a command"
             log.log(level, "Redis %s (%s: %s); will retry on the next sync", what, type(exc).__name__, exc)
             self._redis_down = self._redis_down or outage
+            return None
+        except Exception:
+            log.exception("Unexpected error in the executor (%s); will retry on the next sync", call.__name__)
+            self.reader.reread_pending()
             return None
         if self._redis_down:
             log.info("Redis reachable again")

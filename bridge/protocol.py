@@ -136,7 +136,6 @@ class Keys:
         return f"rq:job:{job_id}"
 
     RQ_QUEUES = "rq:queues"
-    RQ_WORKERS = "rq:workers"
 
 
 class KeyDoc(NamedTuple):
@@ -167,7 +166,8 @@ KEY_TABLE: tuple[KeyDoc, ...] = (
            "the try record: state, pod, reason, exit code, times"),
     KeyDoc("<prefix>:in-flight", "set", "dispatchers (add), watcher (remove)", "watcher, status", "none",
            "job ids with a launched, unfinished pod"),
-    KeyDoc("<prefix>:results", "stream", "watcher, dispatchers", "executor (consumer group)",
+    KeyDoc("<prefix>:results", "stream", "watcher, dispatchers, executor (revoke)",
+           "executor (consumer group)",
            "trimmed to the oldest entry a group has not acknowledged", "outcomes (`Outcome` fields)"),
     KeyDoc("<prefix>:dispatchers", "zset", "dispatchers", "dispatchers (reaper), status",
            "members dropped after an hour of silence", "dispatcher name -> last heartbeat, ms"),
@@ -301,8 +301,29 @@ class DeleteRequest:
         )
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def decode_text(value: object, *, replace: bool = False) -> str:
+    """A Redis reply value as text. Bytes that are not UTF-8 raise :class:`MessageError`, because they
+    come from whoever can write to Redis; with ``replace`` (for display only) they become U+FFFD."""
+    if not isinstance(value, bytes):
+        return str(value)
+    if replace:
+        return value.decode(errors="replace")
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"{value[:40]!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def field_pairs(fields: Mapping[str, Any]) -> list[Any]:
+    """``{name: value}`` as ``[name, value, ...]``: the argument list of HSET, XADD and the Lua scripts."""
+    return [item for pair in fields.items() for item in pair]
+
+
+def _text_fields(raw: Mapping[Any, Any], where: str) -> dict[str, str]:
+    try:
+        return {decode_text(name): decode_text(value) for name, value in raw.items()}
+    except MessageError as exc:
+        raise MessageError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -346,8 +367,8 @@ class Outcome:
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> Outcome:
         """Decode a stream entry (bytes or str fields); raises :class:`MessageError`."""
-        fields = {_text(name): _text(value) for name, value in raw.items()}
         where = "result stream entry"
+        fields = _text_fields(raw, where)
         try:
             key_data = json.loads(fields.get("key", ""))
         except ValueError:
@@ -423,8 +444,8 @@ class TryRecord:
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> TryRecord:
-        fields = {_text(name): _text(value) for name, value in raw.items()}
         where = "try record"
+        fields = _text_fields(raw, where)
         try:
             key_data = json.loads(fields.get("key", ""))
             state = TryState(fields.get("state", ""))

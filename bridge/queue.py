@@ -8,9 +8,15 @@ Python with rq's own :class:`~rq.job.Job` serialisation (so a stock rq worker re
 that neither its rq job nor its try record exists, then writes both and pushes the id onto its queue.
 Checking and writing in one script is what makes a duplicate enqueue a no-op instead of a second pod.
 
-One exception to "exists means duplicate": a try whose record is still ``queued`` while its rq job is gone
-or dead (failed, canceled, stopped, finished) was never launched; the scheduler reschedules such tries with
-the same key (see ``KubernetesExecutor.clear_not_launched_queued_tasks``), so the script enqueues it again.
+One exception to "exists means duplicate": a try whose record is still ``queued`` while its rq job is gone,
+dead (failed, canceled, stopped, finished) or "queued" on no list was never launched; the scheduler
+reschedules such tries with the same key (see ``KubernetesExecutor.clear_not_launched_queued_tasks``), so
+the script enqueues it again.
+
+Lua has no rollback, so the script checks the type of every key a job writes before writing any of them:
+a queue name whose key holds something else (``SET rq:queue:x 1`` by mistake) refuses that one job, with
+the key and type in the message, instead of leaving a try "queued" on no queue or failing the whole batch.
+Every key the scripts touch is passed in ``KEYS``, none is built inside Lua.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from bridge.protocol import (
     Outcome,
     TryRecord,
     TryState,
+    decode_text,
+    field_pairs,
     job_id_for,
 )
 from bridge.task_key import TaskKey
@@ -56,47 +64,73 @@ DEAD_JOB_STATUSES = frozenset(
 
 _DEAD_STATUSES_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted(DEAD_JOB_STATUSES)) + "}"
 
-# KEYS: rq:queues, then per job: rq:job:<id>, try record, rq:queue:<queue>
-# ARGV: record ttl, then per job: job id, n job fields, n record fields, job field pairs, record field pairs
-# Returns one flag per job: 1 enqueued, 0 duplicate (left untouched).
+# KEYS: rq:queues, then per job: rq:job:<id>, try record, rq:queue:<queue>, and the queue list,
+#       intermediate list and failed registry of the queue the try was enqueued on before (= its queue
+#       unless the scheduler routes a never-launched try to another queue)
+# ARGV: record ttl, then per job: job id, earlier queue name, n job fields, n record fields, job field
+#       pairs, record field pairs
+# Returns one reply per job: 1 enqueued, 0 duplicate (left untouched), {'queue', name} when its record
+# names another earlier queue (call again with that queue's keys), or an error text when a key it writes
+# holds another type. Every check of a job comes before its first write: Lua has no rollback, and a job
+# written half way (a hash without its list entry) would be a try queued on no queue.
 _ENQUEUE = (
     """
 local dead = DEAD_STATUSES
 local ttl = tonumber(ARGV[1])
-local flags = {}
+local replies = {}
+local function wrong_type(key, ...)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' then return nil end
+  for _, wanted in ipairs({...}) do
+    if found == wanted then return nil end
+  end
+  return 'Redis key ' .. key .. ' is a ' .. found .. ', not a ' .. table.concat({...}, ' or ')
+end
+local registry_error = wrong_type(KEYS[1], 'set')
 local a = 2
-for k = 2, #KEYS, 3 do
+for k = 2, #KEYS, 6 do
   local job_key, record_key, queue_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local job_id, nj, nr = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local job_from = a + 3
+  local old_queue_key, old_intermediate_key, old_failed_key = KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local job_id, expected_queue = ARGV[a], ARGV[a + 1]
+  local nj, nr = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local job_from = a + 4
   local record_from = job_from + 2 * nj
   a = record_from + 2 * nr
-  local state = redis.call('HGET', record_key, 'state')
-  local status = redis.call('HGET', job_key, 'status')
-  local fresh = (not state) and (not status)
-  if state == 'queued' and redis.call('HEXISTS', record_key, 'revoked') == 0
-      and ((not status) or dead[status]) then
-    -- never launched: clear what is left of the earlier attempt, then enqueue as new
-    local old_queue = redis.call('HGET', record_key, 'queue')
-    if old_queue then
-      redis.call('LREM', 'rq:queue:' .. old_queue, 0, job_id)
-      redis.call('ZREM', 'rq:failed:' .. old_queue, job_id)
+  local reply = registry_error or wrong_type(job_key, 'hash') or wrong_type(record_key, 'hash')
+    or wrong_type(queue_key, 'list') or wrong_type(old_queue_key, 'list')
+    or wrong_type(old_intermediate_key, 'list') or wrong_type(old_failed_key, 'zset')
+  if not reply then
+    local state = redis.call('HGET', record_key, 'state')
+    local status = redis.call('HGET', job_key, 'status')
+    local fresh = (not state) and (not status)
+    if state == 'queued' and redis.call('HEXISTS', record_key, 'revoked') == 0 then
+      local old_queue = redis.call('HGET', record_key, 'queue') or expected_queue
+      -- never launched if its job is gone or dead, or says queued while on no list (a lost list entry)
+      local maybe_lost = (not status) or dead[status] or status == 'queued'
+      if maybe_lost and old_queue ~= expected_queue then
+        reply = {'queue', old_queue}
+      elseif maybe_lost and (status ~= 'queued' or not (redis.call('LPOS', old_queue_key, job_id)
+          or redis.call('LPOS', old_intermediate_key, job_id))) then
+        redis.call('LREM', old_queue_key, 0, job_id)
+        redis.call('ZREM', old_failed_key, job_id)
+        redis.call('DEL', job_key, record_key)
+        fresh = true
+      end
     end
-    redis.call('DEL', job_key, record_key)
-    fresh = true
+    if fresh then
+      redis.call('HSET', job_key, unpack(ARGV, job_from, record_from - 1))
+      redis.call('HSET', record_key, unpack(ARGV, record_from, a - 1))
+      redis.call('EXPIRE', record_key, ttl)
+      redis.call('RPUSH', queue_key, job_id)
+      redis.call('SADD', KEYS[1], queue_key)
+      reply = 1
+    elseif not reply then
+      reply = 0
+    end
   end
-  if fresh then
-    redis.call('HSET', job_key, unpack(ARGV, job_from, record_from - 1))
-    redis.call('HSET', record_key, unpack(ARGV, record_from, a - 1))
-    redis.call('EXPIRE', record_key, ttl)
-    redis.call('RPUSH', queue_key, job_id)
-    redis.call('SADD', KEYS[1], queue_key)
-    flags[#flags + 1] = 1
-  else
-    flags[#flags + 1] = 0
-  end
+  replies[#replies + 1] = reply
 end
-return flags
+return replies
 """
 ).replace("DEAD_STATUSES", _DEAD_STATUSES_LUA)
 
@@ -104,7 +138,9 @@ return flags
 # ARGV: job id, delete job id, record ttl, failure ttl, ended_at, n record fields, n outcome fields,
 #       record field pairs, outcome field pairs, delete job field pairs
 # Returns {action, state before}. The record is moved to revoked here only from 'queued', which is always a
-# forward move, so this needs none of the ordering logic of bridge.records.
+# forward move, so this needs none of the ordering logic of bridge.records. A job taken off its queue that
+# a dispatcher had run before (the reaper hands a dead dispatcher's job back; its pod may exist) gets the
+# delete job as well.
 _REVOKE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
@@ -112,20 +148,24 @@ redis.call('HSET', KEYS[1], 'revoked', '1')
 if state == 'success' or state == 'failed' or state == 'revoked' then return {'finished', state} end
 local nr, no = tonumber(ARGV[6]), tonumber(ARGV[7])
 local record_from, outcome_from, delete_from = 8, 8 + 2 * nr, 8 + 2 * nr + 2 * no
+local action = 'delete-queued'
 if state == 'queued' and redis.call('LREM', KEYS[2], 0, ARGV[1]) > 0 then
+  local started, worker = unpack(redis.call('HMGET', KEYS[3], 'started_at', 'worker_name'))
+  local taken = (started and started ~= '') or (worker and worker ~= '')
   redis.call('HSET', KEYS[3], 'status', 'canceled', 'ended_at', ARGV[5])
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
   redis.call('HSET', KEYS[1], unpack(ARGV, record_from, outcome_from - 1))
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
   redis.call('XADD', KEYS[4], '*', unpack(ARGV, outcome_from, delete_from - 1))
-  return {'dequeued', state}
+  if not taken then return {'dequeued', state} end
+  action = 'dequeued'
 end
 if redis.call('EXISTS', KEYS[5]) == 0 then
   redis.call('HSET', KEYS[5], unpack(ARGV, delete_from, #ARGV))
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('SADD', KEYS[6], KEYS[2])
 end
-return {'delete-queued', state}
+return {action, state}
 """
 
 
@@ -140,8 +180,24 @@ class PreparedJob:
     record_fields: tuple[str, ...]
 
 
+class EnqueueStatus(StrEnum):
+    ENQUEUED = "enqueued"
+    DUPLICATE = "duplicate"  # the try was enqueued before; left exactly as it was
+    REFUSED = "refused"  # a key the job needs holds another Redis type; nothing was written for it
+
+
+class EnqueueResult(NamedTuple):
+    status: EnqueueStatus
+    message: str = ""  # why it was refused, naming the key and its type
+
+    @property
+    def fresh(self) -> bool:
+        return self.status is EnqueueStatus.ENQUEUED
+
+
 class RevokeAction(StrEnum):
-    DEQUEUED = "dequeued"  # removed from its queue before any dispatcher took it; record now revoked
+    # removed from its queue; record now revoked (and a delete_pod job queued if a dispatcher ran it before)
+    DEQUEUED = "dequeued"
     DELETE_QUEUED = "delete-queued"  # a dispatcher has it or launched it: a delete_pod job is queued
     FINISHED = "finished"  # the try already ended; nothing to revoke
     UNKNOWN = "unknown"  # no record: never enqueued (or its record expired)
@@ -188,21 +244,48 @@ class TaskQueue:
             key=request.key,
             job_id=job_id,
             queue=request.queue,
-            job_fields=_pairs(fields),
-            record_fields=_pairs(record.to_fields()),
+            job_fields=tuple(field_pairs(fields)),
+            record_fields=tuple(field_pairs(record.to_fields())),
         )
 
-    def enqueue(self, prepared: Sequence[PreparedJob]) -> list[bool]:
-        """Write ``prepared`` in one round trip; per job, True if enqueued, False if it was a duplicate.
+    def enqueue(self, prepared: Sequence[PreparedJob]) -> list[EnqueueResult]:
+        """Write ``prepared`` in one round trip (two if a try moves to another queue); a result per job.
 
         A duplicate (the try's rq job or record exists, and it is not a never-launched try) is left
-        exactly as it was. Raises redis errors; then nothing or only some jobs were written, and calling
-        again with the same jobs is safe (the written ones come back as duplicates).
+        exactly as it was. A job whose queue (or any key it writes) holds another Redis type is refused
+        without writing anything for it; the others are written. Raises redis errors; then nothing or only
+        some jobs were written, and calling again with the same jobs is safe (the written ones come back
+        as duplicates).
         """
-        chunks = [prepared[start : start + CHUNK_SIZE] for start in range(0, len(prepared), CHUNK_SIZE)]
-        calls = [self._script_call(chunk) for chunk in chunks]
-        replies = self._run_enqueue(calls)
-        return [bool(flag) for reply in replies for flag in reply]
+        results = self._enqueue_with(prepared, [job.queue for job in prepared])
+        # A never-launched try re-enqueued on another queue: its earlier queue's keys, then once more.
+        moved = [index for index, result in enumerate(results) if isinstance(result, str)]
+        if moved:
+            again = [prepared[index] for index in moved]
+            earlier = [str(results[index]) for index in moved]
+            for index, result in zip(moved, self._enqueue_with(again, earlier), strict=True):
+                results[index] = result
+        final: list[EnqueueResult] = []
+        for job, result in zip(prepared, results, strict=True):
+            if isinstance(result, str):  # moved again meanwhile: someone else is enqueueing this try
+                log.warning("Try %s changed queues while being enqueued; left as it is", job.job_id)
+                result = EnqueueResult(EnqueueStatus.DUPLICATE)
+            final.append(result)
+        return final
+
+    def _enqueue_with(
+        self, prepared: Sequence[PreparedJob], earlier: Sequence[str]
+    ) -> list[EnqueueResult | str]:
+        """One script call per chunk, all in one round trip; a str result names a try's earlier queue.
+
+        ``earlier`` is, per job, the queue its try was enqueued on before, if it was (else any name).
+        """
+        starts = range(0, len(prepared), CHUNK_SIZE)
+        calls = [
+            self._script_call(prepared[start : start + CHUNK_SIZE], earlier[start : start + CHUNK_SIZE])
+            for start in starts
+        ]
+        return [_enqueue_result(reply) for replies in self._run_enqueue(calls) for reply in replies]
 
     def revoke(self, key: TaskKey, namespace: str) -> RevokeResult:
         """Stop one try: take it off its queue if no dispatcher has it yet, else queue a pod deletion.
@@ -213,7 +296,7 @@ class TaskQueue:
         """
         job_id = job_id_for(key)
         queue, pod_namespace = (
-            value.decode() if isinstance(value, bytes) else value
+            None if value is None else decode_text(value)
             for value in self._redis.hmget(self._keys.try_record(job_id), ["queue", "namespace"])
         )
         if queue is None:
@@ -226,7 +309,7 @@ class TaskQueue:
         delete_job = self._job(DELETE_POD, f"{job_id}-delete", queue_name, delete)
         delete_job.description = f"delete pod of {job_description(key)}"
         delete_job.enqueued_at = now()
-        record_fields, outcome_fields = _pairs(record.to_fields()), _pairs(outcome.to_fields())
+        record_fields, outcome_fields = field_pairs(record.to_fields()), field_pairs(outcome.to_fields())
         reply = self._revoke(
             keys=[
                 self._keys.try_record(job_id),
@@ -246,10 +329,10 @@ class TaskQueue:
                 len(outcome_fields) // 2,
                 *record_fields,
                 *outcome_fields,
-                *_pairs(delete_job.to_dict()),
+                *field_pairs(delete_job.to_dict()),
             ],
         )
-        action, state = (item.decode() if isinstance(item, bytes) else str(item) for item in reply)
+        action, state = (decode_text(item) for item in reply)
         return RevokeResult(RevokeAction(action), TryState(state) if state else None)
 
     def _job(self, function: str, job_id: str, queue: str, payload: dict[str, Any]) -> BridgeJob:
@@ -269,21 +352,26 @@ class TaskQueue:
         job.enqueued_at = now()
         return cast(BridgeJob, job)  # create() is a classmethod: it builds a BridgeJob
 
-    def _script_call(self, chunk: Sequence[PreparedJob]) -> tuple[list[str], list[Any]]:
+    def _script_call(
+        self, chunk: Sequence[PreparedJob], earlier: Sequence[str]
+    ) -> tuple[list[str], list[Any]]:
         keys: list[str] = [self._keys.RQ_QUEUES]
         args: list[Any] = [self._record_ttl]
-        for job in chunk:
+        for job, before in zip(chunk, earlier, strict=True):
             keys += [
                 self._keys.rq_job(job.job_id),
                 self._keys.try_record(job.job_id),
                 Keys.rq_queue(job.queue),
+                Keys.rq_queue(before),
+                Keys.rq_intermediate(before),
+                Keys.rq_failed(before),
             ]
-            args += [job.job_id, len(job.job_fields) // 2, len(job.record_fields) // 2]
+            args += [job.job_id, before, len(job.job_fields) // 2, len(job.record_fields) // 2]
             args += job.job_fields
             args += job.record_fields
         return keys, args
 
-    def _run_enqueue(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[int]]:
+    def _run_enqueue(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any]]:
         """EVALSHA every call in one pipeline; load the script and repeat only if the server lost it."""
         replies: list[Any] = []
         for attempt in range(2):
@@ -301,5 +389,9 @@ class TaskQueue:
         return replies
 
 
-def _pairs(fields: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(item for pair in fields.items() for item in pair)
+def _enqueue_result(reply: Any) -> EnqueueResult | str:
+    if isinstance(reply, list):  # ['queue', name]: the try's record names another earlier queue
+        return decode_text(reply[1], replace=True)  # not UTF-8: the retry cannot match, it stays put
+    if isinstance(reply, bytes | str):
+        return EnqueueResult(EnqueueStatus.REFUSED, decode_text(reply, replace=True))
+    return EnqueueResult(EnqueueStatus.ENQUEUED if reply == 1 else EnqueueStatus.DUPLICATE)

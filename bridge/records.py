@@ -11,13 +11,26 @@ nothing but a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
-from bridge.protocol import STATE_RANK, STREAMED_STATES, Keys, MessageError, Outcome, TryRecord, TryState
+from bridge.protocol import (
+    STATE_RANK,
+    STREAMED_STATES,
+    Keys,
+    MessageError,
+    Outcome,
+    TryRecord,
+    TryState,
+    decode_text,
+    field_pairs,
+)
+
+log = logging.getLogger(__name__)
 
 # KEYS: record, in-flight set, result stream[, checkpoint]
 # ARGV: state, rank, ttl, stream it (0/1), checkpoint value, ranks JSON, n, n field pairs, outcome fields
@@ -102,17 +115,21 @@ class TryRecords:
             checkpoint[1] if checkpoint is not None else "",
             _RANKS_JSON,
             len(fields),
-            *_flatten(fields.items()),
+            *field_pairs(fields),
         ]
         if streamed and outcome is not None:
-            args.extend(_flatten(outcome.to_fields().items()))
+            args.extend(field_pairs(outcome.to_fields()))
         result = self._advance(keys=keys, args=args, client=pipeline)
         return pipeline is None and result == 1
 
     def mark_revoked(self, job_id: str) -> TryState | None:
-        """Flag the try revoked (dispatchers then skip or delete its pod); its state before, if recorded."""
+        """Flag the try revoked (dispatchers then skip or delete its pod); its state before, if recorded.
+
+        The executor's revoke script (:mod:`bridge.queue`) sets the same flag itself; this is the flag
+        alone, for tests of the workers and for an operator's script.
+        """
         state = self._mark_revoked(keys=[self._keys.try_record(job_id)])
-        return TryState(state.decode() if isinstance(state, bytes) else state) if state else None
+        return TryState(decode_text(state, replace=True)) if state else None
 
     def get(self, job_id: str) -> TryRecord | None:
         return self.get_many([job_id])[job_id]
@@ -126,17 +143,12 @@ class TryRecords:
         for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
             try:
                 found[job_id] = TryRecord.from_hash(raw) if raw else None
-            except MessageError:
+            except MessageError as exc:
+                log.warning("Try record %s is unreadable, treated as missing: %s", job_id, exc)
                 found[job_id] = None
         return found
 
     def in_flight(self) -> list[str]:
-        return sorted(_text(member) for member in self._redis.smembers(self._keys.in_flight))
-
-
-def _flatten(pairs: Iterable[tuple[str, str]]) -> list[str]:
-    return [item for pair in pairs for item in pair]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        # A member that is not UTF-8 was not written by the bridge; as U+FFFD text it matches no record.
+        members = self._redis.smembers(self._keys.in_flight)
+        return sorted(decode_text(member, replace=True) for member in members)

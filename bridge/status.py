@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from redis import Redis
@@ -30,7 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from bridge.config import KubeConfig, load_config, redact_url
 from bridge.connection import redis_from_config
 from bridge.errors import UserInputError
-from bridge.protocol import Keys, job_id_for
+from bridge.protocol import Keys, decode_text, job_id_for
 from bridge.records import TryRecords
 from bridge.task_key import TaskKey
 
@@ -44,6 +45,9 @@ RQ_JOB_FIELDS = ("status", "origin", "description", "enqueued_at", "started_at",
 RQ_WORKER_KEY = "rq:worker:{}"
 # A dispatcher's default rq worker name (workers/dispatcher.py): kbridge-dispatcher-<host>-<pid>-<hex>.
 _DISPATCHER_OF_HOST = "kbridge-dispatcher-{host}-[0-9]+(-[0-9a-f]+)?"
+# Redis replies as text. Only displayed, so bytes that are not UTF-8 (not written by the bridge) are shown
+# with U+FFFD instead of stopping the report.
+_shown = partial(decode_text, replace=True)
 
 
 @dataclass
@@ -133,10 +137,6 @@ class TaskStatus:
     delete_job: dict[str, str] = field(default_factory=dict)  # the rq job deleting a revoked try's pod
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _server_time_ms(redis: Redis) -> int:
     seconds, microseconds = redis.time()
     return int(seconds) * 1000 + int(microseconds) // 1000
@@ -170,7 +170,7 @@ def _queues(redis: Redis, configured: str) -> list[QueueStatus]:
     # rq registers a queue on its first enqueue; the configured one is shown even before that.
     names = {configured}
     for member in redis.smembers(Keys.RQ_QUEUES):
-        name = _text(member)
+        name = _shown(member)
         if name.startswith("rq:queue:"):
             names.add(name.removeprefix("rq:queue:"))
     ordered = sorted(names)
@@ -186,7 +186,7 @@ def _queues(redis: Redis, configured: str) -> list[QueueStatus]:
 
 def _dispatchers(redis: Redis, keys: Keys, now_ms: int, lease_ms: int) -> list[DispatcherStatus]:
     members: Any = redis.zrange(keys.dispatchers, 0, -1, withscores=True)  # [(name, score)]
-    beats = [(_text(name), int(score)) for name, score in members]
+    beats = [(_shown(name), int(score)) for name, score in members]
     pipe = redis.pipeline(transaction=False)
     for name, _ in beats:
         pipe.hmget(RQ_WORKER_KEY.format(name), ["state", "current_job"])
@@ -196,8 +196,8 @@ def _dispatchers(redis: Redis, keys: Keys, now_ms: int, lease_ms: int) -> list[D
             name=name,
             alive=now_ms - beat <= lease_ms,
             last_beat_seconds_ago=round(max(now_ms - beat, 0) / 1000, 1),
-            rq_state=_text(state or b""),
-            current_job=_text(job or b""),
+            rq_state=_shown(state or b""),
+            current_job=_shown(job or b""),
         )
         for (name, beat), (state, job) in zip(beats, workers, strict=True)
     ]
@@ -205,7 +205,7 @@ def _dispatchers(redis: Redis, keys: Keys, now_ms: int, lease_ms: int) -> list[D
 
 
 def _in_flight(redis: Redis, keys: Keys, ttl_seconds: int) -> InFlightStatus:
-    job_ids = sorted(_text(member) for member in redis.smembers(keys.in_flight))
+    job_ids = sorted(_shown(member) for member in redis.smembers(keys.in_flight))
     records = TryRecords(redis, keys, ttl_seconds)
     by_state: Counter[str] = Counter()
     by_phase: Counter[str] = Counter()
@@ -234,9 +234,9 @@ def _results(redis: Redis, keys: Keys) -> StreamStatus:
     first, last = info.get("first-entry"), info.get("last-entry")
     found = []
     for group in groups:
-        name = _text(group["name"])
+        name = _shown(group["name"])
         consumers = [
-            ConsumerStatus(_text(consumer["name"]), int(consumer["pending"]), int(consumer["idle"]) / 1000)
+            ConsumerStatus(_shown(consumer["name"]), int(consumer["pending"]), int(consumer["idle"]) / 1000)
             for consumer in redis.xinfo_consumers(keys.results, name)
         ]
         lag = group.get("lag")
@@ -245,15 +245,15 @@ def _results(redis: Redis, keys: Keys) -> StreamStatus:
                 name=name,
                 pending=int(group["pending"]),
                 lag=None if lag is None else int(lag),
-                last_delivered_id=_text(group["last-delivered-id"]),
+                last_delivered_id=_shown(group["last-delivered-id"]),
                 consumers=consumers,
             )
         )
     return StreamStatus(
         key=keys.results,
         length=int(info["length"]),
-        first_id=_text(first[0]) if first else "",
-        last_id=_text(last[0]) if last else "",
+        first_id=_shown(first[0]) if first else "",
+        last_id=_shown(last[0]) if last else "",
         groups=found,
     )
 
@@ -264,7 +264,7 @@ def _watchers(redis: Redis, keys: Keys, configured: str) -> list[WatcherStatus]:
     for suffix in (":leader", ":resource-version"):
         pattern = f"{keys.prefix}:watcher:*{suffix}"
         for key in redis.scan_iter(match=pattern, count=1000):
-            namespaces.add(_text(key)[len(f"{keys.prefix}:watcher:") : -len(suffix)])
+            namespaces.add(_shown(key)[len(f"{keys.prefix}:watcher:") : -len(suffix)])
     ordered = sorted(namespaces)
     pipe = redis.pipeline(transaction=False)
     for namespace in ordered:
@@ -278,9 +278,9 @@ def _watchers(redis: Redis, keys: Keys, configured: str) -> list[WatcherStatus]:
         found.append(
             WatcherStatus(
                 namespace=namespace,
-                leader=_text(leader) if leader is not None else "",
+                leader=_shown(leader) if leader is not None else "",
                 lease_expires_in_seconds=ttl_ms / 1000 if leader is not None and ttl_ms >= 0 else None,
-                checkpoint=_text(checkpoint) if checkpoint is not None else "",
+                checkpoint=_shown(checkpoint) if checkpoint is not None else "",
             )
         )
     return found
@@ -300,14 +300,14 @@ def collect_task(redis: Redis, config: KubeConfig, key: TaskKey) -> TaskStatus:
         key=key.as_dict(),
         job_id=job_id,
         in_flight=bool(in_flight),
-        record={_text(name): _text(value) for name, value in sorted(record.items())},
+        record={_shown(name): _shown(value) for name, value in sorted(record.items())},
         job=_present(RQ_JOB_FIELDS, job),
         delete_job=_present(RQ_JOB_FIELDS, delete_job),
     )
 
 
 def _present(names: Sequence[str], values: Sequence[object]) -> dict[str, str]:
-    return {name: _text(value) for name, value in zip(names, values, strict=True) if value}
+    return {name: _shown(value) for name, value in zip(names, values, strict=True) if value}
 
 
 def probe_dispatcher(redis: Redis, config: KubeConfig, host: str) -> DispatcherStatus | None:

@@ -220,8 +220,8 @@ def test_config_map_and_env_load_as_a_valid_configuration(tmp_path: Path) -> Non
         assert config.namespace == RUNTIME_VALUES["namespace"]  # the pod's own namespace, where the Role is
         if deployment["metadata"]["name"] == "kbridge-dispatcher":
             assert config.signing_key == RUNTIME_VALUES["signing_key"]
-            # SIGTERM lets the current launch finish; it may retry for dispatch_deadline_seconds.
-            assert pod["terminationGracePeriodSeconds"] > config.dispatch_deadline_seconds
+            # SIGTERM lets the current launch job finish; it may last up to job_timeout_seconds.
+            assert pod["terminationGracePeriodSeconds"] > config.job_timeout_seconds
 
 
 def test_containers_run_as_the_images_non_root_user_without_privileges() -> None:
@@ -413,4 +413,4 @@ def test_compose_commands_and_environment_match_the_cli_and_options(
         assert config.redis_url.split("//")[1].split(":")[0] == "redis"  # the compose service
         if name == "dispatcher":
             grace = int(service["stop_grace_period"].removesuffix("s"))
-            assert grace > config.dispatch_deadline_seconds
+            assert grace > config.job_timeout_seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 import redis
 import rq
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bridge.config import KubeConfig
 from bridge.connection import redis_from_config
@@ -37,6 +40,7 @@ from bridge.protocol import (
     TryState,
     job_id_for,
     signature,
+    utc_now,
 )
 from bridge.records import TryRecords
 from bridge.redis_server import RedisServer, free_loopback_port
@@ -71,9 +75,12 @@ def enqueue(
     func: str = LAUNCH_POD,
     args: list[Any] | None = None,
     job_id: str | None = None,
+    enqueued_at: str | None = None,
 ) -> str:
     """Enqueue a launch job as the executor does (rq job + queued try record); returns the job id."""
-    request = LaunchRequest(task, ARGV, QUEUE, pod_config or {})
+    request = LaunchRequest(
+        task, ARGV, QUEUE, pod_config or {}, utc_now() if enqueued_at is None else enqueued_at
+    )
     job_id = job_id or request.job_id
     job = BridgeJob.create(
         func,
@@ -338,7 +345,7 @@ def test_bad_payloads_fail_their_task_with_the_field_and_the_worker_goes_on(
 ) -> None:
     signing_key = "k" * 32
     config = bridge_config(bridge={"signing_key": signing_key})
-    good_payload = LaunchRequest(key(1), ARGV, QUEUE).to_payload(signing_key)
+    good_payload = LaunchRequest(key(1), ARGV, QUEUE, enqueued_at=utc_now()).to_payload(signing_key)
     shell_string = {**good_payload, "argv": "python -c pass"}
     shell_string["sig"] = signature(shell_string, signing_key)  # authentic, but malformed
     cases: dict[TaskKey, tuple[dict[str, Any], str]] = {
@@ -612,3 +619,168 @@ def test_a_dispatcher_rides_out_a_redis_restart(
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
     assert "unhandled exception" not in output
+
+
+# --- review fixes: duplicate launches, deadlines, Redis failures, expiry ----------------------------------
+
+
+class FakeTime:
+    """A clock that only moves when the dispatcher sleeps: retry policies run without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_pod_created_again_for_a_finished_try_is_deleted_at_once(
+    bridge_config: ConfigFactory,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two runs of one launch job (a reaper handed it back while the first ran): run B reads the record
+    # while it is queued; meanwhile run A launches, the pod finishes and the watcher deletes it.
+    config = bridge_config()
+    task = key(2)
+    job_id = enqueue(redis_client, task)
+    run_b = Dispatcher(config, redis_from_config(config), core_v1(config))
+    real_get = run_b._records.get
+
+    def stale_get(name: str) -> TryRecord | None:
+        seen = real_get(name)
+        monkeypatch.setattr(run_b._records, "get", real_get)
+        run_a = Dispatcher(config, redis_from_config(config), core_v1(config))
+        assert run_a.launch(LaunchRequest(task, ARGV, QUEUE, {}, utc_now()).to_payload(None))["result"] == (
+            "launched"
+        )
+        TryRecords(redis_client, KEYS, 600).advance(TryRecord(task, TryState.SUCCESS))
+        api(simulator).delete_namespaced_pod(job_id, "default", grace_period_seconds=0)
+        wait_for(lambda: job_id not in pods(simulator), 5, "the finished pod to be deleted")
+        return seen
+
+    monkeypatch.setattr(run_b._records, "get", stale_get)
+    result = run_b.launch(LaunchRequest(task, ARGV, QUEUE, {}, utc_now()).to_payload(None))
+    assert result["result"] == "duplicate"
+    wait_for(lambda: job_id not in pods(simulator), 5, "the duplicate pod to be deleted")
+    assert record(redis_client, task).state is TryState.SUCCESS
+    assert "duplicate launch" in caplog.text
+
+
+def test_a_revoked_try_whose_pod_an_earlier_run_created_gets_it_deleted(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(kubernetes={"delete_option_kwargs": '{"grace_period_seconds": 0}'})
+    task = key(5)
+    job_id = enqueue(redis_client, task)
+    # an earlier run created the pod and died before recording it; the reaper requeued the job
+    api(simulator).create_namespaced_pod("default", build_worker_pod(task, list(ARGV), None, config))
+    TryRecords(redis_client, KEYS, 600).mark_revoked(job_id)
+    run_burst(config)
+    wait_for(lambda: job_id not in pods(simulator), 5, "the revoked try's pod to be deleted")
+    revoked = record(redis_client, task)
+    assert (revoked.state, revoked.message) == (
+        TryState.REVOKED,
+        f"revoked before its pod was created; pod {job_id} deleted",
+    )
+
+
+def test_one_deadline_bounds_the_whole_launch_and_an_unreadable_existing_pod_counts_as_launched(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(
+        bridge={"job_timeout_seconds": "10", "dispatch_deadline_seconds": "6"},
+        kubernetes={"task_publish_max_retries": "20"},
+    )
+    task = key(3)
+    api(simulator).create_namespaced_pod("default", build_worker_pod(task, list(ARGV), None, config))
+    simulator.faults.inject(verb="create", status=503, retry_after=2, count=2)
+    simulator.faults.inject(verb="get", status=503, retry_after=2, count=None)
+    fake = FakeTime()
+    dispatcher = Dispatcher(config, redis_client, core_v1(config), sleep=fake.sleep, clock=fake.clock)
+    TryRecords(redis_client, KEYS, 600).advance(TryRecord(task, TryState.QUEUED, queue=QUEUE))
+    result = dispatcher.launch(LaunchRequest(task, ARGV, QUEUE, {}, utc_now()).to_payload(None))
+    simulator.faults.clear()
+    assert fake.now - 1000.0 <= config.dispatch_deadline_seconds  # create retries + read retries together
+    assert result["how"] == "already existed (owner not verified)"
+    assert record(redis_client, task).state is TryState.LAUNCHED  # its pod exists: never failed
+
+
+def test_a_launch_that_outlasts_a_redis_outage_goes_back_to_the_queue(
+    bridge_config: ConfigFactory,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = bridge_config()
+    job_id = enqueue(redis_client, key(1))
+    fake = FakeTime()
+    connection = redis_from_config(config)
+    dispatcher = Dispatcher(
+        config, connection, core_v1(config), sleep=lambda _: fake.sleep(1000), clock=fake.clock
+    )
+    real_get = dispatcher._records.get
+    failures = [redis.ConnectionError("simulated: Redis restarting")] * 2
+
+    def get_during_outage(name: str) -> TryRecord | None:
+        if failures:
+            raise failures.pop()
+        return real_get(name)
+
+    monkeypatch.setattr(dispatcher._records, "get", get_during_outage)
+    worker = DispatcherWorker(config, connection, dispatcher)
+    worker.work(burst=True)
+    assert failures == []
+    assert record(redis_client, key(1)).state is TryState.LAUNCHED
+    assert list(pods(simulator)) == [job_id]
+    job = rq.job.Job.fetch(job_id, connection=redis_client, serializer=SERIALIZER)
+    assert job.get_status() == "finished"
+    assert f"Redis failed during job {job_id}: requeued it" in caplog.text
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers: every Redis command times out."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield server.getsockname()[1]
+
+
+def test_redis_timeouts_do_not_end_the_worker(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator, silent_port: int
+) -> None:
+    config = bridge_config()
+    worker = build_worker(config, redis=redis_from_config(config))
+    worker.connection = redis.Redis(
+        port=silent_port, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    worker.check_for_suspension(False)
+    worker.heartbeat()
+    assert not worker.reaper.due, "after a Redis error the reaper holds off"
+
+
+def test_a_launch_request_older_than_the_record_ttl_is_refused(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    signing_key = "k" * 32
+    config = bridge_config(bridge={"signing_key": signing_key, "record_ttl_seconds": "3600"})
+    old = enqueue(redis_client, key(1), signing_key=signing_key, enqueued_at="2020-01-01T00:00:00.000+00:00")
+    unstamped = enqueue(redis_client, key(2), signing_key=signing_key, enqueued_at="")
+    fresh = enqueue(redis_client, key(3), signing_key=signing_key)
+    run_burst(config)
+    assert list(pods(simulator)) == [fresh]
+    for task, text in (
+        (key(1), "older than [bridge] record_ttl_seconds = 3600"),
+        (key(2), "not an ISO 8601"),
+    ):
+        refused = record(redis_client, task)
+        assert (refused.state, refused.reason) == (TryState.FAILED, "Expired"), task
+        assert text in refused.message
+    assert {old, unstamped}.isdisjoint(pods(simulator))

@@ -17,6 +17,8 @@ from bridge.protocol import (
     Outcome,
     TryRecord,
     TryState,
+    decode_text,
+    field_pairs,
     job_id_for,
 )
 from bridge.task_key import TaskKey
@@ -146,3 +148,32 @@ def test_try_record_round_trips_and_omits_empty_fields() -> None:
 def test_an_unreadable_try_record_is_a_message_error() -> None:
     with pytest.raises(MessageError, match="try record"):
         TryRecord.from_hash({"key": "{}", "state": "nonsense"})
+
+
+def test_decode_text_refuses_bytes_that_are_not_utf8_unless_only_displayed() -> None:
+    assert decode_text(b"caf\xc3\xa9") == "café"
+    assert decode_text(7) == "7"
+    with pytest.raises(MessageError, match="not UTF-8"):
+        decode_text(b"\xff\xfe")
+    assert decode_text(b"a\xffb", replace=True) == "a\ufffdb"
+
+
+def test_field_pairs_flattens_in_order() -> None:
+    assert field_pairs({"a": "1", "b": "2"}) == ["a", "1", "b", "2"]
+
+
+@pytest.mark.parametrize("name", [b"key", b"\xff"])
+def test_an_outcome_or_record_that_is_not_utf8_is_a_message_error(name: bytes) -> None:
+    fields: dict[bytes, bytes] = {
+        field.encode(): value.encode() for field, value in Outcome(KEY, TryState.SUCCESS).to_fields().items()
+    }
+    fields[name] = b"\xff"
+    with pytest.raises(MessageError, match=r"result stream entry: .* not UTF-8"):
+        Outcome.from_fields(fields)
+    with pytest.raises(MessageError, match=r"try record: .* not UTF-8"):
+        TryRecord.from_hash(fields)
+
+
+def test_the_key_table_names_every_writer_of_the_result_stream() -> None:
+    (results,) = [doc for doc in KEY_TABLE if doc.pattern == "<prefix>:results"]
+    assert results.writer == "watcher, dispatchers, executor (revoke)"

@@ -14,6 +14,7 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
+import bridge.queue
 from bridge.config import KubeConfig
 from bridge.jobs import SERIALIZER, BridgeJob, job_class_with
 from bridge.protocol import (
@@ -28,7 +29,15 @@ from bridge.protocol import (
     TryState,
     job_id_for,
 )
-from bridge.queue import CHUNK_SIZE, PreparedJob, RevokeAction, TaskQueue, job_description
+from bridge.queue import (
+    CHUNK_SIZE,
+    EnqueueResult,
+    EnqueueStatus,
+    PreparedJob,
+    RevokeAction,
+    TaskQueue,
+    job_description,
+)
 from bridge.records import TryRecords
 from bridge.redis_server import RedisServer
 from bridge.task_key import TaskKey
@@ -71,6 +80,11 @@ def keys_for(count: int) -> list[TaskKey]:
 def text_hash(client: redis.Redis, key: str) -> dict[str, str]:
     raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
     return {name.decode(): value.decode() for name, value in raw.items()}
+
+
+def flags(results: list[EnqueueResult]) -> list[bool]:
+    """Per job: enqueued (True), or a duplicate / refused (False)."""
+    return [result.fresh for result in results]
 
 
 def launch(payload: dict[str, Any]) -> dict[str, str]:
@@ -127,7 +141,7 @@ def test_a_batch_of_any_size_is_one_round_trip(redis_server: RedisServer, redis_
     queue.enqueue([queue.build(request(TaskKey("warm", "up", "run")))])  # connects, loads the script
     batch = [queue.build(request(key)) for key in keys_for(2 * CHUNK_SIZE + 7)]  # three script calls
     CountingConnection.sends = 0
-    assert queue.enqueue(batch) == [True] * len(batch)
+    assert flags(queue.enqueue(batch)) == [True] * len(batch)
     assert CountingConnection.sends == 1
     assert redis_client.llen(Keys.rq_queue(QUEUE)) == len(batch) + 1
     first = job_id_for(keys_for(1)[0])
@@ -139,24 +153,24 @@ def test_the_script_is_loaded_again_after_redis_forgot_it(redis_client: redis.Re
     queue = task_queue(redis_client)
     queue.enqueue([queue.build(request(TaskKey("warm", "up", "run")))])
     redis_client.script_flush()
-    assert queue.enqueue([queue.build(request())]) == [True]
+    assert flags(queue.enqueue([queue.build(request())])) == [True]
     assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1)[-1] == job_id_for(KEY).encode()
 
 
 def test_enqueueing_a_try_twice_neither_overwrites_nor_duplicates(redis_client: redis.Redis) -> None:
     queue = task_queue(redis_client)
-    assert queue.enqueue([queue.build(request())]) == [True]
+    assert flags(queue.enqueue([queue.build(request())])) == [True]
     job_key, record_key = Keys.rq_job(job_id_for(KEY)), KEYS.try_record(job_id_for(KEY))
     job_before, record_before = text_hash(redis_client, job_key), text_hash(redis_client, record_key)
     other_command = LaunchRequest(KEY, ("false",), "elsewhere", {}, "later")
-    assert queue.enqueue([queue.build(other_command), queue.build(request())]) == [False, False]
+    assert flags(queue.enqueue([queue.build(other_command), queue.build(request())])) == [False, False]
     assert text_hash(redis_client, job_key) == job_before
     assert text_hash(redis_client, record_key) == record_before
     assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id_for(KEY).encode()]
     assert not redis_client.exists(Keys.rq_queue("elsewhere"))
     # the same try twice in one batch: the second one is the duplicate
     other = TaskKey("etl", "other", "run")
-    assert queue.enqueue([queue.build(request(other)), queue.build(request(other))]) == [True, False]
+    assert flags(queue.enqueue([queue.build(request(other)), queue.build(request(other))])) == [True, False]
     assert redis_client.llen(Keys.rq_queue(QUEUE)) == 2
 
 
@@ -165,7 +179,7 @@ def test_a_launched_try_is_a_duplicate_even_when_its_rq_job_has_expired(redis_cl
     queue.enqueue([queue.build(request())])
     TryRecords(redis_client, KEYS, 600).advance(TryRecord(KEY, TryState.LAUNCHED, pod="p", namespace="ns"))
     redis_client.delete(Keys.rq_job(job_id_for(KEY)), Keys.rq_queue(QUEUE))
-    assert queue.enqueue([queue.build(request())]) == [False]
+    assert flags(queue.enqueue([queue.build(request())])) == [False]
     assert not redis_client.exists(Keys.rq_queue(QUEUE))
 
 
@@ -180,7 +194,7 @@ def test_a_never_launched_try_can_be_enqueued_again(redis_client: redis.Redis, s
     else:
         redis_client.hset(Keys.rq_job(job_id), mapping={"status": status, "exc_info": "boom"})
         redis_client.zadd(Keys.rq_failed(QUEUE), {job_id: 1})
-    assert queue.enqueue([queue.build(request())]) == [True]
+    assert flags(queue.enqueue([queue.build(request())])) == [True]
     job = text_hash(redis_client, Keys.rq_job(job_id))
     assert (job["status"], "exc_info" in job) == ("queued", False)
     assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id.encode()]
@@ -188,7 +202,7 @@ def test_a_never_launched_try_can_be_enqueued_again(redis_client: redis.Redis, s
     # ... but not once it is revoked
     TryRecords(redis_client, KEYS, 600).mark_revoked(job_id)
     redis_client.hset(Keys.rq_job(job_id), "status", "failed")
-    assert queue.enqueue([queue.build(request())]) == [False]
+    assert flags(queue.enqueue([queue.build(request())])) == [False]
 
 
 def test_the_queue_argument_routes_to_a_named_rq_queue(redis_client: redis.Redis) -> None:
@@ -294,3 +308,83 @@ def test_revoking_an_unknown_try_changes_nothing(redis_client: redis.Redis) -> N
     result = queue.revoke(KEY, "ns")
     assert (result.action, result.state) == (RevokeAction.UNKNOWN, None)
     assert redis_client.keys("*") == []
+
+
+def test_a_queue_key_of_another_type_refuses_only_that_job_and_writes_nothing_for_it(
+    redis_client: redis.Redis,
+) -> None:
+    queue = task_queue(redis_client)
+    redis_client.set(Keys.rq_queue("other"), "not a list")
+    bad, good = TaskKey("etl", "bad", "run"), TaskKey("etl", "good", "run")
+    results = queue.enqueue([queue.build(request(bad, queue="other")), queue.build(request(good))])
+    assert [result.status for result in results] == [EnqueueStatus.REFUSED, EnqueueStatus.ENQUEUED]
+    assert results[0].message == "Redis key rq:queue:other is a string, not a list"
+    assert not redis_client.exists(Keys.rq_job(job_id_for(bad)), KEYS.try_record(job_id_for(bad)))
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id_for(good).encode()]
+    # any key the job writes is checked, e.g. its job hash
+    redis_client.set(Keys.rq_job(job_id_for(KEY)), "junk")
+    (refused,) = queue.enqueue([queue.build(request())])
+    assert refused == EnqueueResult(
+        EnqueueStatus.REFUSED, f"Redis key rq:job:{job_id_for(KEY)} is a string, not a hash"
+    )
+    assert not redis_client.exists(KEYS.try_record(job_id_for(KEY)))
+
+
+def test_a_queued_try_on_no_list_can_be_enqueued_again_but_not_one_being_taken(
+    redis_client: redis.Redis,
+) -> None:
+    queue = task_queue(redis_client)
+    queue.enqueue([queue.build(request())])
+    job_id = job_id_for(KEY)
+    redis_client.delete(Keys.rq_queue(QUEUE))  # status still "queued", but on no list: it would never run
+    assert flags(queue.enqueue([queue.build(request())])) == [True]
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id.encode()]
+    # a dispatcher moved it to the intermediate list (BLMOVE) and is about to start it: a duplicate
+    redis_client.lmove(Keys.rq_queue(QUEUE), Keys.rq_intermediate(QUEUE))
+    assert flags(queue.enqueue([queue.build(request())])) == [False]
+    assert redis_client.llen(Keys.rq_queue(QUEUE)) == 0
+
+
+def test_a_never_launched_try_moves_to_the_queue_it_is_enqueued_on_now(redis_client: redis.Redis) -> None:
+    queue = task_queue(redis_client)
+    queue.enqueue([queue.build(request(queue="gpu"))])
+    job_id = job_id_for(KEY)
+    redis_client.lpop(Keys.rq_queue("gpu"))
+    redis_client.hset(Keys.rq_job(job_id), "status", "failed")
+    redis_client.zadd(Keys.rq_failed("gpu"), {job_id: 1})
+    assert flags(queue.enqueue([queue.build(request(queue=QUEUE)), queue.build(request(queue=QUEUE))])) == [
+        True,
+        False,
+    ]
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id.encode()]
+    assert redis_client.zcard(Keys.rq_failed("gpu")) == 0  # the earlier queue's keys were passed in too
+    record = TryRecords(redis_client, KEYS, 600).get(job_id)
+    assert record is not None
+    assert record.queue == QUEUE
+
+
+def test_the_scripts_build_no_key_names() -> None:
+    # Every key a script touches is declared in KEYS (what Redis requires of scripts): no names built in Lua.
+    for script in (bridge.queue._ENQUEUE, bridge.queue._REVOKE):
+        assert "'rq:" not in script
+        assert '"rq:' not in script
+
+
+def test_revoking_a_requeued_try_that_a_dispatcher_ran_also_deletes_its_pod(
+    redis_client: redis.Redis,
+) -> None:
+    queue = task_queue(redis_client)
+    queue.enqueue([queue.build(request())])
+    job_id = job_id_for(KEY)
+    # A dispatcher started the job (and may have created the pod), then died; the reaper put the job back.
+    redis_client.hset(
+        Keys.rq_job(job_id), mapping={"started_at": "2026-11-24T00:00:00.000000Z", "worker_name": "d-1"}
+    )
+    result = queue.revoke(KEY, "ns")
+    assert (result.action, result.state) == (RevokeAction.DEQUEUED, TryState.QUEUED)
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [f"{job_id}-delete".encode()]
+    record = TryRecords(redis_client, KEYS, 600).get(job_id)
+    assert record is not None
+    assert (record.state, record.revoked) == (TryState.REVOKED, True)
+    run_worker(redis_client)
+    assert calls == [DeleteRequest(KEY, "ns").to_payload(None)]

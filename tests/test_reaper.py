@@ -8,11 +8,18 @@ test_dispatcher.py show the same against a real SIGKILLed ``kbridge dispatcher``
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq.worker import BaseWorker
 
 from bridge.connection import redis_from_config
 from bridge.protocol import Keys, TryState
+from bridge.redis_server import RedisServer
 from bridge.sim.cluster import Simulator
 from tests.test_dispatcher import KEYS, QUEUE, ConfigFactory, enqueue, key, pods, record, text, wait_for
 from workers.dispatcher import build_worker
@@ -140,3 +147,50 @@ def test_a_dispatcher_starting_under_a_dead_ones_name_launches_its_job_first_thi
     assert list(pods(simulator)) == [job_id]
     assert record(redis_client, key()).state is TryState.LAUNCHED
     assert redis_client.zcard(Keys.rq_started(QUEUE)) == 0
+
+
+def test_after_a_redis_outage_the_reaper_holds_off_for_a_lease(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    job_id = enqueue(redis_client, key())
+    # alive and busy with the job, but its beats could not reach Redis during the outage
+    start_job(redis_client, job_id, "alive", silent_for=LEASE + 1, started_ago=LEASE + 1, busy_with=job_id)
+    now = [100.0]
+    client = redis.Redis(port=redis_server.port, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
+    reaper = Reaper(client, KEYS, QUEUE, LEASE, clock=lambda: now[0])
+    redis_server.stop()
+    try:
+        with pytest.raises(redis.ConnectionError):
+            reaper.reap()
+    finally:
+        redis_server.start()
+    assert not reaper.due
+    now[0] += LEASE / 2
+    assert reaper.reap() == [], "within a lease of an outage nobody's stale heartbeat is judged"
+    now[0] += LEASE / 2 + 0.01
+    assert reaper.reap() == [job_id], "silent for a whole lease after the outage: dead"
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_heartbeat_beats_again_as_soon_as_redis_is_back(redis_server: RedisServer) -> None:
+    errors: list[float] = []
+    client = redis.Redis(port=redis_server.port, retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
+    heartbeat = Heartbeat(client, KEYS, "beating", 8.0, on_error=lambda: errors.append(1))
+    heartbeat.start()
+    try:
+        redis_server.stop()
+        try:
+            wait_for(lambda: heartbeat.failing, 5, "the heartbeat to fail")
+        finally:
+            redis_server.start()
+        took = wait_for_seconds(lambda: not heartbeat.failing, 5, "the heartbeat to beat again")
+        assert took < heartbeat.interval / 2, "a failing heartbeat must not wait a whole interval"
+        assert errors, "others are told (the worker's reaper holds off)"
+    finally:
+        heartbeat.stop()
+
+
+def wait_for_seconds(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    wait_for(condition, timeout, what)
+    return time.monotonic() - started

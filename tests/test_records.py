@@ -107,14 +107,26 @@ def test_revoking_flags_the_record_and_reports_its_state(redis_client: redis.Red
     assert record.revoked
 
 
-def test_get_many_skips_missing_and_unreadable_records(redis_client: redis.Redis) -> None:
+def test_get_many_skips_missing_and_unreadable_records(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     store = records(redis_client)
     store.advance(TryRecord(KEY, TryState.QUEUED))
     redis_client.hset(KEYS.try_record("broken"), mapping={"state": "??"})
-    found = store.get_many([job_id_for(KEY), "missing", "broken"])
+    redis_client.hset(KEYS.try_record("binary"), mapping={"key": b"\xff", "state": "queued"})
+    found = store.get_many([job_id_for(KEY), "missing", "broken", "binary"])
     assert found["missing"] is None
     assert found["broken"] is None
+    assert found["binary"] is None
     assert found[job_id_for(KEY)] is not None
+    assert "Try record binary is unreadable" in caplog.text
+
+
+def test_in_flight_ids_that_are_not_utf8_do_not_break_the_listing(redis_client: redis.Redis) -> None:
+    store = records(redis_client)
+    store.advance(TryRecord(KEY, TryState.LAUNCHED))
+    redis_client.sadd(KEYS.in_flight, b"\xff")
+    assert store.in_flight() == sorted([job_id_for(KEY), "\ufffd"])
 
 
 def test_an_outcome_must_match_the_record_state(redis_client: redis.Redis) -> None:

@@ -295,6 +295,18 @@ def test_task_shows_job_id_record_and_rq_job(
     assert "  rq job: none (never queued, or expired)" in out
 
 
+def test_bytes_that_are_not_utf8_are_shown_not_a_crash(config: KubeConfig, redis_client: redis.Redis) -> None:
+    job_id = job_id_for(key("odd"))
+    redis_client.hset(KEYS.try_record(job_id), mapping={"state": "running", "message": b"caf\xe9"})
+    redis_client.sadd(KEYS.in_flight, job_id, b"\xff")
+    redis_client.zadd(KEYS.dispatchers, {b"kbridge-dispatcher-\xff": redis_now_ms(redis_client)})
+    task = status.collect_task(redis_client, config, key("odd"))
+    assert task.record["message"] == "caf\ufffd"
+    report = status.collect_status(redis_client, config)
+    assert (report.in_flight.total, report.in_flight.without_record) == (2, 2)  # both records unreadable
+    assert [dispatcher.name for dispatcher in report.dispatchers] == ["kbridge-dispatcher-\ufffd"]
+
+
 @pytest.mark.parametrize(
     ("member", "age_ms", "ready"),
     [

@@ -666,3 +666,30 @@ def test_bad_arguments_are_explained_without_a_traceback(tmp_path: Path) -> None
     assert result.returncode == 2
     assert f"cannot configure the Kubernetes client from kubeconfig {broken}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_finished_pod_is_kept_while_its_launch_job_may_still_run(
+    bridge_config: MakeConfig, redis_client: redis.Redis
+) -> None:
+    # Deleting the pod would free its name for a still running launch job to create a second pod.
+    config = fast_config(bridge_config, worker_pods_pending_timeout="2")  # a sweep every second
+    cluster = Cluster(config, redis_client)
+    job_id = job_id_for(TaskKey("dag", "late", "run"))
+    redis_client.hset(Keys.rq_job(job_id), "status", "started")
+    with watching(config) as watcher:
+        cluster.launch("late")
+        cluster.wait_finished(job_id)
+        sweeps = watcher.stats.sweeps
+        wait_until(lambda: watcher.stats.sweeps >= sweeps + 2, "two sweeps after the outcome")
+        assert job_id in cluster.pods()
+        redis_client.hset(Keys.rq_job(job_id), "status", "finished")
+        wait_until(lambda: job_id not in cluster.pods(), "the sweep to delete the pod once its job ended")
+    assert cluster.outcomes()[job_id] == [RUNNING, ("success", "Completed", 0)]
+
+
+def test_default_watcher_names_differ_per_process_start(bridge_config: MakeConfig) -> None:
+    config = fast_config(bridge_config)
+    first, second = Watcher(config), Watcher(config)
+    assert first.name != second.name
+    assert first.name.startswith(f"kbridge-watcher-{socket.gethostname()}-{os.getpid()}-")
+    assert first.lease.holder == first.name

@@ -13,7 +13,12 @@ a per-queue intermediate list), a started registry, warm shutdown on SIGTERM and
   is this very try; any other 4xx fails the task at once with the API server's own message;
 * task input never crashes a dispatcher: a bad message, executor_config or pod spec fails that one try with a
   reason naming the field, and the worker takes the next job;
-* seconds, not minutes, to recover the job of a dispatcher that died mid-job (:mod:`workers.reaper`).
+* seconds, not minutes, to recover the job of a dispatcher that died mid-job (:mod:`workers.reaper`);
+  a job during which Redis failed goes back to its queue instead of being recorded failed;
+* one deadline per job (``dispatch_deadline_seconds`` from its start) for every API call and Redis retry;
+* a request older than ``record_ttl_seconds`` is refused ("Expired"): replayed after its try record expired,
+  it would launch the try again; and a pod created for a try that is already finished (two runs of one
+  job raced) is deleted at once.
 
 Every try moves through :class:`bridge.records.TryRecords` only: ``queued`` → ``launched`` here (or
 ``failed``/``revoked``, streamed to the executor with ``source="dispatcher"``); the watcher does the rest.
@@ -34,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import urllib3
@@ -73,7 +79,7 @@ from bridge.records import TryRecords
 from bridge.task_key import TaskKey, TaskKeyError
 from bridge.worker_pod import INSTANCE_LABEL, build_worker_pod
 from workers.kube_client import core_v1, request_args
-from workers.reaper import Heartbeat, Reaper, heartbeat_age
+from workers.reaper import Heartbeat, Reaper, heartbeat_age, requeue_own_job
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +88,10 @@ SOURCE = "dispatcher"
 MAX_RETRY_AFTER_SECONDS = 30.0
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
-# How long a record write rides out a Redis restart before the job gives up (and rq records the failure).
+# How long a Redis operation outside a job (failing the try of a broken job) rides out a restart.
 REDIS_RETRY_SECONDS = 30.0
+# Redis errors worth waiting out: the server restarts, fails over or is briefly unreachable.
+REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 # Longest pause between reconnection attempts of an idle dispatcher.
 REDIS_MAX_PAUSE_SECONDS = 5.0
 
@@ -213,6 +221,8 @@ class Dispatcher:
             redis, Keys(config.key_prefix, config.result_stream), config.record_ttl_seconds
         )
         self._request_args = request_args(config)
+        # Told about every Redis error a job rides out (the worker quiets its reaper: heartbeats are stale).
+        self.on_redis_error: Callable[[], None] = lambda: None
 
     def handlers(self) -> dict[str, Callable[..., dict[str, Any]]]:
         """The allowlist: job function symbol → the method that runs it."""
@@ -224,6 +234,8 @@ class Dispatcher:
         """Create the pod of one try (the job's only argument is a LaunchRequest payload); never raises for
         task input. Returns a small JSON-able summary that rq keeps as the job result."""
         job = get_current_job()
+        # One deadline for the whole job: every API call and every wait for Redis counts against it.
+        deadline = self._clock() + self._config.dispatch_deadline_seconds
         try:
             request = LaunchRequest.from_payload(
                 _single_argument(args, kwargs, "launch"), self._config.signing_key
@@ -237,38 +249,84 @@ class Dispatcher:
             job_id = job.id if job is not None else _job_id_in(args)
             log.error("rejected launch job %s: %s", job_id or "(unknown try)", exc)
             if job_id is not None:
-                self.fail_queued(job_id, "InvalidMessage", str(exc))
+                self.fail_queued(job_id, "InvalidMessage", str(exc), deadline=deadline)
             return {"job_id": job_id, "result": "failed", "reason": "InvalidMessage", "message": str(exc)}
-        return self._launch(request)
+        expired = self._expiry_problem(request)
+        if expired is not None:  # a try whose record is gone gets no new one: it was never launched here
+            log.error("refused launch job %s: %s", request.job_id, expired)
+            self.fail_queued(request.job_id, "Expired", expired, deadline=deadline)
+            return {"job_id": request.job_id, "result": "failed", "reason": "Expired", "message": expired}
+        return self._launch(request, deadline)
 
-    def _launch(self, request: LaunchRequest) -> dict[str, Any]:
+    def _expiry_problem(self, request: LaunchRequest) -> str | None:
+        """Why a request is too old to act on: once its try record has expired, a replayed request (signed
+        or not) would launch the try again, so nothing older than ``record_ttl_seconds`` is launched."""
+        ttl = self._config.record_ttl_seconds
+        try:
+            enqueued = datetime.fromisoformat(request.enqueued_at)
+        except ValueError:
+            if self._config.signing_key is None and not request.enqueued_at:
+                return None  # unsigned requests from tools that do not stamp them stay accepted
+            return (
+                f"launch request field 'enqueued_at' is {request.enqueued_at!r}, not an ISO 8601 time; it "
+                "cannot be checked against record_ttl_seconds, so it was not launched"
+            )
+        if enqueued.tzinfo is None:
+            enqueued = enqueued.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - enqueued).total_seconds()
+        if age > ttl:
+            return (
+                f"launch request enqueued at {request.enqueued_at} is {age:.0f} s old, older than "
+                f"[bridge] record_ttl_seconds = {ttl}; a replayed or forgotten request is never launched"
+            )
+        return None
+
+    def _launch(self, request: LaunchRequest, deadline: float) -> dict[str, Any]:
         key, name = request.key, request.job_id
-        record = self._with_redis(self._records.get, name)
+        record = self._with_redis(self._records.get, name, deadline=deadline)
         if record is not None and record.revoked:
-            return self._revoke(key, "revoked before its pod was created", pod_exists=False)
+            # an earlier run of this job (requeued by a reaper) may have created the pod: look for it
+            return self._revoke(key, "revoked before its pod was created", deadline, pod_exists=True)
         if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
             log.info("job %s: skipped, the try is already %s", name, record.state.value)
             return {"job_id": name, "result": "skipped", "state": record.state.value}
         try:
             pod = _build_pod(request, self._config)
         except UserInputError as exc:
-            return self._fail(key, "InvalidPodSpec", str(exc))
+            return self._fail(key, "InvalidPodSpec", str(exc), deadline)
         started = self._clock()
         try:
-            how = self._create(pod, key)
+            how = self._create(pod, key, deadline)
         except DispatchRejected as exc:
-            return self._fail(key, exc.reason, exc.message)
-        latest = self._with_redis(self._records.get, name)
+            return self._fail(key, exc.reason, exc.message, deadline)
+        latest = self._with_redis(self._records.get, name, deadline=deadline)
         if latest is not None and latest.revoked:  # revoked while we were creating it: take it back
-            return self._revoke(key, "revoked while its pod was being created", pod_exists=True)
+            return self._revoke(key, "revoked while its pod was being created", deadline, pod_exists=True)
+        if latest is not None and latest.terminal and how == "created":
+            # Another run of this job launched the try, its pod finished and was deleted, and this run
+            # then created the name again: a second pod for a finished try must not run.
+            log.error(
+                "job %s: duplicate launch: pod %s was created for a try that is already %s; deleting it",
+                name,
+                name,
+                latest.state.value,
+            )
+            try:
+                gone = self._delete_pod(name, key, deadline)
+            except DispatchRejected as exc:
+                log.error("job %s: could not delete the duplicate pod %s: %s", name, name, exc.message)
+                gone = f"could not be deleted: {exc.message}"
+            return {"job_id": name, "result": "duplicate", "pod": name, "message": f"pod {name} {gone}"}
         self._with_redis(
-            self._records.advance, TryRecord(key, TryState.LAUNCHED, pod=name, namespace=self._namespace)
+            self._records.advance,
+            TryRecord(key, TryState.LAUNCHED, pod=name, namespace=self._namespace),
+            deadline=deadline,
         )
         elapsed_ms = (self._clock() - started) * 1000
         log.info("job %s: pod %s %s in %.0f ms (%s)", name, name, how, elapsed_ms, _key_text(key))
         return {"job_id": name, "result": "launched", "pod": name, "namespace": self._namespace, "how": how}
 
-    def _create(self, pod: dict[str, Any], key: TaskKey) -> str:
+    def _create(self, pod: dict[str, Any], key: TaskKey, deadline: float) -> str:
         """Create ``pod``; "created" or "already existed" (this try's pod), else :class:`DispatchRejected`."""
         name = pod["metadata"]["name"]
         try:
@@ -277,6 +335,7 @@ class Dispatcher:
                 lambda args: self._api.create_namespaced_pod(
                     self._namespace, pod, _preload_content=False, **args
                 ),
+                deadline,
             )
         except ApiException as exc:
             if exc.status != 409:
@@ -286,10 +345,15 @@ class Dispatcher:
         else:
             _read_json(response)
             return "created"
-        return self._check_existing(name, key)
+        return self._check_existing(name, key, deadline)
 
-    def _check_existing(self, name: str, key: TaskKey) -> str:
-        """A 409: launched if the pod that holds the name is this try's, else a NameConflict."""
+    def _check_existing(self, name: str, key: TaskKey, deadline: float) -> str:
+        """A 409: launched if the pod that holds the name is this try's, else a NameConflict.
+
+        The name is fixed per try, so a pod that cannot be read (the API is failing) is taken for this
+        try's: failing the try would leave its pod running unrecorded. Only a pod shown to belong to
+        something else is a NameConflict.
+        """
         try:
             pod = _read_json(
                 self._call(
@@ -297,14 +361,15 @@ class Dispatcher:
                     lambda args: self._api.read_namespaced_pod(
                         name, self._namespace, _preload_content=False, **args
                     ),
+                    deadline,
                 )
             )
+        except DispatchRejected as exc:
+            return self._unverified(name, exc.message)
         except ApiException as exc:
             if exc.status != 404:
-                raise DispatchRejected(
-                    "Rejected", f"reading existing pod {name}: {_api_message(exc)}"
-                ) from None
-            record = self._with_redis(self._records.get, name)
+                return self._unverified(name, _describe(exc))
+            record = self._with_redis(self._records.get, name, deadline=deadline)
             if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
                 return "already existed"
             raise DispatchRejected(
@@ -317,10 +382,21 @@ class Dispatcher:
             raise DispatchRejected("NameConflict", problem)
         return "already existed"
 
+    @staticmethod
+    def _unverified(name: str, why: str) -> str:
+        log.warning(
+            "pod %s already exists and could not be read to check its owner (%s); taking it for this try's "
+            "pod, whose name it has",
+            name,
+            why,
+        )
+        return "already existed (owner not verified)"
+
     # delete
 
     def delete(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Delete a revoked try's pod (404 is fine) and record it revoked; never raises for task input."""
+        deadline = self._clock() + self._config.dispatch_deadline_seconds
         try:
             request = DeleteRequest.from_payload(
                 _single_argument(args, kwargs, "delete"), self._config.signing_key
@@ -333,14 +409,14 @@ class Dispatcher:
         except MessageError as exc:
             log.error("rejected delete job: %s", exc)
             return {"result": "failed", "reason": "InvalidMessage", "message": str(exc)}
-        return self._revoke(request.key, request.reason, pod_exists=True)
+        return self._revoke(request.key, request.reason, deadline, pod_exists=True)
 
-    def _revoke(self, key: TaskKey, why: str, *, pod_exists: bool) -> dict[str, Any]:
+    def _revoke(self, key: TaskKey, why: str, deadline: float, *, pod_exists: bool) -> dict[str, Any]:
         name = job_id_for(key)
         message = why
         if pod_exists:
             try:
-                message = f"{why}; pod {name} {self._delete_pod(name, key)}"
+                message = f"{why}; pod {name} {self._delete_pod(name, key, deadline)}"
             except DispatchRejected as exc:  # the executor asked to stop: it is told, and so is the operator
                 log.error("job %s: could not delete pod %s: %s", name, name, exc.message)
                 message = f"{why}; pod {name} could not be deleted: {exc.message}"
@@ -352,11 +428,12 @@ class Dispatcher:
             self._records.advance,
             TryRecord(key, TryState.REVOKED, reason="Revoked", message=message),
             outcome,
+            deadline=deadline,
         )
         log.info("job %s: revoked (%s)", name, message)
         return {"job_id": name, "result": "revoked", "message": message}
 
-    def _delete_pod(self, name: str, key: TaskKey) -> str:
+    def _delete_pod(self, name: str, key: TaskKey, deadline: float) -> str:
         """Delete this try's pod; "deleted" or "was already gone". A pod of another try is left alone."""
         try:
             pod = _read_json(
@@ -365,6 +442,7 @@ class Dispatcher:
                     lambda args: self._api.read_namespaced_pod(
                         name, self._namespace, _preload_content=False, **args
                     ),
+                    deadline,
                 )
             )
             problem = _ownership_problem(pod, key, self._config.key_prefix)
@@ -380,6 +458,7 @@ class Dispatcher:
                         _preload_content=False,
                         **args,
                     ),
+                    deadline,
                 )
             )
         except ApiException as exc:
@@ -390,35 +469,39 @@ class Dispatcher:
 
     # failing a try
 
-    def fail_queued(self, job_id: str, reason: str, message: str) -> bool:
+    def fail_queued(self, job_id: str, reason: str, message: str, *, deadline: float | None = None) -> bool:
         """Fail the try ``job_id`` if it is still queued (a job that can never launch it); True if it was."""
-        record = self._with_redis(self._records.get, job_id)
+        deadline = self._clock() + REDIS_RETRY_SECONDS if deadline is None else deadline
+        record = self._with_redis(self._records.get, job_id, deadline=deadline)
         if record is None or record.state is not TryState.QUEUED:
             return False
-        self._fail(record.key, reason, message)
+        self._fail(record.key, reason, message, deadline)
         return True
 
-    def _fail(self, key: TaskKey, reason: str, message: str) -> dict[str, Any]:
+    def _fail(self, key: TaskKey, reason: str, message: str, deadline: float) -> dict[str, Any]:
         name = job_id_for(key)
         outcome = Outcome(
             key, TryState.FAILED, reason=reason, message=message, namespace=self._namespace, source=SOURCE
         )
         self._with_redis(
-            self._records.advance, TryRecord(key, TryState.FAILED, reason=reason, message=message), outcome
+            self._records.advance,
+            TryRecord(key, TryState.FAILED, reason=reason, message=message),
+            outcome,
+            deadline=deadline,
         )
         log.warning("job %s: task failed, %s: %s", name, reason, message)
         return {"job_id": name, "result": "failed", "reason": reason, "message": message}
 
     # policies
 
-    def _call(self, what: str, request: Callable[[dict[str, Any]], T]) -> T:
-        """Run one API request under the retry policy; the last error is raised once it gives up.
+    def _call(self, what: str, request: Callable[[dict[str, Any]], T], deadline: float) -> T:
+        """Run one API request under the retry policy, within the job's ``deadline``; the last error is
+        raised once it gives up.
 
         Transient errors that outlast the policy become :class:`DispatchRejected` ("ApiUnavailable"); an
         ApiException that is not transient is raised as is, for the caller to judge (409, 404, 422 ...).
         """
         started = self._clock()
-        deadline = started + self._config.dispatch_deadline_seconds
         attempts = 0
         retrying = Retrying(
             retry=retry_if_exception(_transient),
@@ -475,15 +558,16 @@ class Dispatcher:
         jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - keeps dispatchers out of lockstep
         return backoff * jitter
 
-    def _with_redis(self, operation: Callable[..., T], *args: Any) -> T:
-        """Run an idempotent Redis operation, riding out a restart for up to REDIS_RETRY_SECONDS."""
-        give_up = self._clock() + REDIS_RETRY_SECONDS
+    def _with_redis(self, operation: Callable[..., T], *args: Any, deadline: float) -> T:
+        """Run an idempotent Redis operation, riding out a restart until ``deadline``; then the error is
+        raised (the worker hands the job back to its queue)."""
         pause = 0.1
         while True:
             try:
                 return operation(*args)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                if self._clock() + pause > give_up:
+            except REDIS_TRANSIENT as exc:
+                self.on_redis_error()
+                if self._clock() + pause > deadline:
                     raise
                 log.warning("Redis unavailable (%s), retrying in %.1f s", exc, pause)
                 self._sleep(pause)
@@ -562,7 +646,9 @@ class DispatcherWorker(SimpleWorker):
         self.reaper = Reaper(redis, keys, queue_name, self._lease_seconds)
         self._keys = keys
         self._config = config
-        self._liveness = Heartbeat(redis, keys, self.name, self._lease_seconds)
+        self._liveness = Heartbeat(redis, keys, self.name, self._lease_seconds, on_error=self.reaper.hold_off)
+        dispatcher.on_redis_error = self.reaper.hold_off
+        self._requeue_job_id: str | None = None  # the job that failed on Redis, to hand back
         self.push_exc_handler(self._fail_try_of_failed_job)  # type: ignore[no-untyped-call]
 
     @property
@@ -587,6 +673,7 @@ class DispatcherWorker(SimpleWorker):
         self._claim_name()
         super().bootstrap(*args, **kwargs)
         self._liveness.start()
+        self.reaper.hold_off()  # just connected: others' heartbeats may be stale after an outage
 
     def _claim_name(self) -> None:
         """Refuse a name a live dispatcher uses; take over the leftovers of a dead one with that name."""
@@ -617,22 +704,25 @@ class DispatcherWorker(SimpleWorker):
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        return bool(self.reaper.due or super().should_run_maintenance_tasks)
+        # rq's cleaning would fail the abandoned jobs the reaper hands back, so it waits for a first pass.
+        return bool(self.reaper.due or (self.reaper.has_run and super().should_run_maintenance_tasks))
 
     def run_maintenance_tasks(self) -> None:
         # A Redis outage must not end the worker: the next dequeue backs off and reconnects.
         try:
             if self.reaper.due:
                 self.reaper.reap()
-            if super().should_run_maintenance_tasks:
+            if self.reaper.has_run and super().should_run_maintenance_tasks:
                 super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         except RedisError as exc:
+            self.reaper.hold_off()
             self.log.warning("Worker %s: maintenance skipped, Redis error: %s", self.name, exc)
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
             super().check_for_suspension(burst)
-        except RedisConnectionError as exc:
+        except REDIS_TRANSIENT as exc:
+            self.reaper.hold_off()
             self.log.warning("Worker %s: Redis unavailable: %s", self.name, exc)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
@@ -641,7 +731,8 @@ class DispatcherWorker(SimpleWorker):
             return
         try:
             super().heartbeat(timeout)
-        except RedisConnectionError as exc:
+        except REDIS_TRANSIENT as exc:
+            self.reaper.hold_off()
             self.log.warning("Worker %s: Redis unavailable: %s", self.name, exc)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -650,8 +741,51 @@ class DispatcherWorker(SimpleWorker):
         except RedisError as exc:
             # rq could not record the end of the job; the reaper requeues it once it is older than a lease,
             # and the launch is idempotent.
+            self.reaper.hold_off()
             self.log.error("Worker %s: Redis failed around job %s: %s", self.name, job.id, exc)
             self._state = WorkerStatus.IDLE
+        finally:
+            self._requeue_job_id = None
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
+    ) -> None:
+        """rq records a failed job as failed; one that failed because Redis did goes back to its queue
+        instead (a try whose job is failed but whose record is queued would wait forever)."""
+        if self._requeue_job_id is not None and self._requeue_job_id == job.id:
+            self._requeue_job_id = None
+            self._hand_back(job, queue)
+            return
+        super().handle_job_failure(job, queue, started_job_registry, exc_string)
+
+    def _hand_back(self, job: Job, queue: Queue) -> None:
+        """Requeue ``job`` at the head of its queue, retrying until Redis answers or the job's timeout is
+        near; past that the reaper hands it back (its started entry stays)."""
+        execution = self.execution
+        if execution is None:
+            return
+        timeout = job.timeout or self._config.job_timeout_seconds
+        started = job.started_at or datetime.now(UTC)
+        give_up = time.monotonic() + max(timeout - (datetime.now(UTC) - started).total_seconds(), 0.0)
+        pause = 0.1
+        while True:
+            try:
+                result = requeue_own_job(self.connection, queue.name, job.id, execution.id)
+                self.set_current_job_id(None)
+            except REDIS_TRANSIENT as exc:
+                self.reaper.hold_off()
+                if time.monotonic() + pause > give_up:
+                    self.log.error(
+                        "Worker %s: could not requeue job %s (%s); the reaper will", self.name, job.id, exc
+                    )
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, REDIS_MAX_PAUSE_SECONDS)
+            else:
+                self.execution = None
+                if result == 1:
+                    self.log.warning("Worker %s: Redis failed during job %s: requeued it", self.name, job.id)
+                return
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
@@ -659,15 +793,21 @@ class DispatcherWorker(SimpleWorker):
         """rq's dequeue, kept alive through Redis outages (rq would end the worker on some of them) and
         through job hashes too broken to load."""
         pause = 1.0
+        failed = False
         while True:
             try:
+                if failed:  # Redis is back: beat at once, before any reaper judges this dispatcher
+                    self._liveness.beat()
+                    failed = False
                 result: tuple[Job, Queue] | None = super().dequeue_job_and_maintain_ttl(
                     timeout, max_idle_time
                 )
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except REDIS_TRANSIENT as exc:
+                self.reaper.hold_off()
                 self.log.error("Worker %s: Redis unavailable (%s), retrying in %.0f s", self.name, exc, pause)
                 time.sleep(pause)
                 pause = min(pause * 2, REDIS_MAX_PAUSE_SECONDS)
+                failed = True
             except Exception as exc:
                 job_id = getattr(exc, "job_id", None)
                 if not isinstance(job_id, str):  # not about one job (StopRequested ...)
@@ -697,7 +837,8 @@ class DispatcherWorker(SimpleWorker):
     ) -> bool:
         """rq exception handler: a job that raised (unknown function, undecodable data, a dispatcher bug,
         abandoned) will not launch its try, so a still-queued try is failed with the reason."""
-        if isinstance(exc, RedisError):  # the launch may yet happen: the reaper requeues the job
+        if isinstance(exc, REDIS_TRANSIENT):  # the launch may yet happen: the job goes back to its queue
+            self._requeue_job_id = job.id
             return True
         reason = (
             "InvalidMessage"

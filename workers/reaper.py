@@ -8,6 +8,10 @@ handing it back late costs task latency. So every dispatcher publishes a heartbe
 stamped with Redis' own clock (hosts' clocks never matter), and every dispatcher runs a reaper that puts the
 jobs of a silent dispatcher back at the head of the queue. Each hand-back is one Lua script whose ZREM (or
 LREM) succeeds for exactly one reaper, so N reapers never duplicate a job.
+
+After a Redis outage every heartbeat is stale, the live dispatchers' too: a reaper that has just seen
+Redis fail (or has just connected) holds off for one lease, so that every live dispatcher beats again before
+anyone's jobs are judged. Heartbeats retry quickly while failing, so they are back as soon as Redis is.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # A member of the heartbeat set silent this long is dropped (the reaper has long handled its jobs by then).
 HEARTBEAT_RETENTION_MS = 3600 * 1000
+# How often a failing heartbeat tries again: it must be back in Redis well within the reapers' hold-off.
+HEARTBEAT_RETRY_SECONDS = 0.25
 
 _SERVER_NOW_MS = """
 local t = redis.call('TIME')
@@ -97,6 +103,38 @@ return 2
 """
 
 
+# A dispatcher hands back the job it was running (Redis failed during it). KEYS: wip zset, queue list, job
+# hash, execution hash. ARGV: entry (<job id>:<execution id>), job id. Returns as above; 0 when a reaper
+# handed it back first.
+_REQUEUE_OWN = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[4])
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'started' or status == 'queued' then
+  redis.call('HSET', KEYS[3], 'status', 'queued')
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 2
+"""
+
+
+def requeue_own_job(redis: Redis, queue: str, job_id: str, execution_id: str) -> int:
+    """Put a job this dispatcher started back at the head of its queue (1), unless a reaper did (0) or the
+    job is no longer runnable (2)."""
+    entry = f"{job_id}:{execution_id}"
+    result = redis.register_script(_REQUEUE_OWN)(
+        keys=[
+            Keys.rq_started(queue),
+            Keys.rq_queue(queue),
+            Keys.rq_job(job_id),
+            Execution(execution_id, job_id, redis).key,
+        ],
+        args=[entry, job_id],
+    )
+    return int(result)
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -110,9 +148,19 @@ def heartbeat_age(redis: Redis, keys: Keys, name: str) -> float | None:
 class Heartbeat:
     """Stamps ``name`` in ``<prefix>:dispatchers`` every lease/4 s from a thread (also while a job runs)."""
 
-    def __init__(self, redis: Redis, keys: Keys, name: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        name: str,
+        lease_seconds: float,
+        *,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self.name = name
         self.interval = lease_seconds / 4
+        self.failing = False
+        self._on_error = on_error
         self._redis = redis
         self._keys = keys
         self._beat = redis.register_script(_BEAT)
@@ -138,18 +186,21 @@ class Heartbeat:
             log.warning("dispatcher %s: could not leave %s: %s", self.name, self._keys.dispatchers, exc)
 
     def _run(self) -> None:
-        failing = False
-        while not self._stopped.wait(self.interval):
+        # While failing, try again soon: the first beat after an outage must not wait a whole interval.
+        while not self._stopped.wait(
+            min(HEARTBEAT_RETRY_SECONDS, self.interval) if self.failing else self.interval
+        ):
             try:
                 self.beat()
             except RedisError as exc:
-                if not failing:  # once per outage; the reaper of another dispatcher may now requeue our job
+                self._on_error()
+                if not self.failing:  # once per outage; other reapers hold off for a lease after it
                     log.warning("dispatcher %s: heartbeat failed, retrying: %s", self.name, exc)
-                failing = True
+                self.failing = True
             else:
-                if failing:
+                if self.failing:
                     log.info("dispatcher %s: heartbeat restored", self.name)
-                failing = False
+                self.failing = False
 
 
 class Reaper:
@@ -171,6 +222,8 @@ class Reaper:
         self._lease_seconds = lease_seconds
         self._clock = clock
         self._next_run = clock()
+        self._quiet_until = float("-inf")
+        self._has_run = False
         # Job ids seen in the intermediate list and not started, with when this reaper first saw them.
         self._taken_since: dict[str, float] = {}
         self._requeue_started = redis.register_script(_REQUEUE_STARTED)
@@ -180,9 +233,37 @@ class Reaper:
     def due(self) -> bool:
         return self._clock() >= self._next_run
 
+    @property
+    def has_run(self) -> bool:
+        """Whether a full pass has run (rq's own registry cleaning waits for it)."""
+        return self._has_run
+
+    def hold_off(self) -> None:
+        """Judge nobody for one lease: Redis just failed or this process just connected, so the heartbeats
+        of live dispatchers may be stale."""
+        self._quiet_until = self._clock() + self._lease_seconds
+        self._next_run = max(self._next_run, self._quiet_until)
+        self._taken_since.clear()
+
     def reap(self) -> list[str]:
-        """Requeue abandoned jobs of the queue and return their ids; safe in any number of dispatchers."""
-        self._next_run = self._clock() + self.interval
+        """Requeue abandoned jobs of the queue and return their ids; safe in any number of dispatchers.
+
+        Does nothing while holding off (see :meth:`hold_off`); a Redis error starts a hold-off and is raised.
+        """
+        now = self._clock()
+        if now < self._quiet_until:
+            self._next_run = self._quiet_until
+            return []
+        self._next_run = now + self.interval
+        try:
+            requeued = self._reap()
+        except RedisError:
+            self.hold_off()
+            raise
+        self._has_run = True
+        return requeued
+
+    def _reap(self) -> list[str]:
         requeued: list[str] = []
         started: set[str] = set()
         for raw_entry in self._redis.zrange(Keys.rq_started(self._queue), 0, -1):

@@ -22,7 +22,9 @@ Why it is built this way:
 * **Finished pods are cleaned up** per ``delete_worker_pods`` / ``delete_worker_pods_on_failure``; a kept
   pod gets the label ``kbridge/done=true`` and drops out of the watch. A pod the watcher failed while it
   was still Pending (a fatal waiting reason, the pending timeout) is always deleted: kept, it could start
-  the task after the try was already failed. Its waiting message is in the outcome.
+  the task after the try was already failed. Its waiting message is in the outcome. A pod is never
+  deleted while its try's launch job is still queued or running: that run could create the freed name
+  again; the sweep deletes it once the job has ended.
 * **Errors never stop it.** Redis or API failures back off and retry; a pod without readable task-key
   annotations is skipped with a warning, once.
 """
@@ -36,6 +38,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
 import socket
 import threading
@@ -129,7 +132,7 @@ class Watcher:
     ) -> None:
         self.config = config
         self.namespace = namespace or config.namespace
-        self.name = name or f"kbridge-watcher-{socket.gethostname()}-{os.getpid()}"
+        self.name = name or default_watcher_name()
         self.stats = WatcherStats()
         self._redis = redis if redis is not None else redis_from_config(config)
         self._api = api if api is not None else core_v1(config)
@@ -383,6 +386,11 @@ class Watcher:
             or (config.delete_worker_pods and report.state == TryState.SUCCESS)
             or (config.delete_worker_pods and config.delete_worker_pods_on_failure)
         )
+        if delete and self._launch_pending(name):
+            log.info(
+                "pod %s: not deleted yet, its launch job is still queued or running; the sweep retries", name
+            )
+            return
         try:
             if delete:
                 self._api.delete_namespaced_pod(
@@ -405,6 +413,12 @@ class Watcher:
                 )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             log.warning("could not %s pod %s (%s); the sweep retries", _verb(delete), name, exc)
+
+    def _launch_pending(self, name: str) -> bool:
+        """Whether the try's rq launch job may still run: deleting its finished pod now would free the name
+        for that run to create a second pod for the same try."""
+        status = self._redis.hget(Keys.rq_job(name), "status")
+        return status in (b"queued", b"started", "queued", "started")
 
     # --- re-list and sweep ------------------------------------------------------------------------------
 
@@ -507,6 +521,12 @@ class Watcher:
                 log.info("the list snapshot expired while paging: listing again")
 
 
+def default_watcher_name() -> str:
+    """``kbridge-watcher-<host>-<pid>-<random>``: the lease holder must be unique per process, and a
+    restarted container can have the same host name and pid as its predecessor."""
+    return f"kbridge-watcher-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
 def _needs_cleanup(pod: Mapping[str, Any], report: PodReport) -> bool:
     """A finished pod nobody has deleted or labelled done yet."""
     labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -526,7 +546,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", help="INI file (default: $KBRIDGE_CONFIG, else the built-in defaults)")
     parser.add_argument("--namespace", help="namespace to watch (default: [kubernetes] namespace)")
     parser.add_argument(
-        "--name", help="this watcher's name in the leader lease; unique per process (default: host and pid)"
+        "--name",
+        help="this watcher's name in the leader lease; must be unique per process (default: host, pid and a "
+        "random suffix)",
     )
     options = parser.parse_args(argv)
     config = load_config(options.config)
