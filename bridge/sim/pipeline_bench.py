@@ -108,12 +108,20 @@ def _drain(
         _sync_once(executor, synced_at, poll_s)
 
 
-def _no_pods_left(stack: LocalStack) -> bool:
+def _version_without_pods(stack: LocalStack) -> int | None:
+    """The cluster's resourceVersion once no pod is left, else None."""
     core = stack.core_v1()
     try:
-        return not core.list_namespaced_pod(stack.namespace, limit=1).items
+        listing = core.list_namespaced_pod(stack.namespace, limit=1)
     finally:
         core.api_client.close()
+    return None if listing.items else int(listing.metadata.resource_version)
+
+
+def _checkpoint(stack: LocalStack) -> int:
+    """The resourceVersion up to which the watcher has applied events."""
+    version = stack.redis.get(stack.keys.watcher_checkpoint(stack.namespace))
+    return int(version) if version else 0
 
 
 def _sim_create_latencies(stack: LocalStack, count: int = 200) -> list[float]:
@@ -160,9 +168,10 @@ def _measure(
     names = [job_id_for(key) for key in burst]
     wait_until(lambda: all(name in pods.created_at for name in names), 30, "the burst's pods")
     burst_seconds = max(pods.created_at[name] for name in names) - started
-    # The watcher is still deleting the burst's pods: let it finish, or the paced phase would measure
-    # CPU contention with that clean-up instead of the bridge's latency.
-    wait_until(lambda: _no_pods_left(stack), timeout_s, "the burst's pods to be deleted")
+    # The watcher is still deleting the burst's pods and reading the events that follows: let it finish,
+    # or the paced phase would measure that backlog instead of the bridge's latency.
+    last_version = wait_until(lambda: _version_without_pods(stack), timeout_s, "the burst's pods to go")
+    wait_until(lambda: _checkpoint(stack) >= last_version, timeout_s, "the watcher to catch up")
 
     # Paced: steady arrivals at half the measured rate (capped), each try queued by its own sync().
     rate = min(tasks / burst_seconds / 2, 100.0)
