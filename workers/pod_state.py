@@ -99,12 +99,12 @@ def pod_report(
     status: Mapping[str, Any] = pod.get("status") or {}
     phase = str(status.get("phase") or "")
     if status.get("reason") == PROVIDER_FAILED:
-        message = _text(status.get("message")) or "the node's provider (a virtual kubelet) failed the pod"
+        message = _string(status.get("message")) or "the node's provider (a virtual kubelet) failed the pod"
         return PodReport(TryState.FAILED, phase, PROVIDER_FAILED, message)
     if phase == "Succeeded":
         terminated = _terminated(status)
         exit_code = _exit_code(terminated)
-        return PodReport(TryState.SUCCESS, phase, _text(terminated.get("reason")), "", exit_code or 0)
+        return PodReport(TryState.SUCCESS, phase, _string(terminated.get("reason")), "", exit_code or 0)
     if phase == "Failed":
         return _failed(pod, status, deleted=deleted, revoked=revoked)
     if deleted:
@@ -141,9 +141,9 @@ def vanished_report(revoked: bool) -> PodReport:
 def _failed(pod: Mapping[str, Any], status: Mapping[str, Any], *, deleted: bool, revoked: bool) -> PodReport:
     terminated, container = _failed_container(status)
     exit_code = _exit_code(terminated)
-    container_reason = _text(terminated.get("reason"))
-    reason = _text(status.get("reason")) or container_reason or "Failed"
-    message = _text(status.get("message")).strip() or _text(terminated.get("message")).strip()
+    container_reason = _string(terminated.get("reason"))
+    reason = _string(status.get("reason")) or container_reason or "Failed"
+    message = _string(status.get("message")).strip() or _string(terminated.get("message")).strip()
     if not message:
         message = (
             f"container {container} exited with code {exit_code} ({container_reason or 'no reason'})"
@@ -199,7 +199,11 @@ def _waiting(status: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
     for item in _container_statuses(status):
         waiting = (item.get("state") or {}).get("waiting")
         if waiting and waiting.get("reason"):
-            yield _text(item.get("name")), _text(waiting["reason"]), _text(waiting.get("message")).strip()
+            yield (
+                _string(item.get("name")),
+                _string(waiting["reason"]),
+                _string(waiting.get("message")).strip(),
+            )
 
 
 def _task_container(status: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -220,16 +224,16 @@ def _failed_container(status: Mapping[str, Any]) -> tuple[Mapping[str, Any], str
         terminated = (item.get("state") or {}).get("terminated") or {}
         code, reason = terminated.get("exitCode"), terminated.get("reason")
         if terminated and (code not in (0, None) or reason not in ("Completed", None)):
-            return terminated, _text(item.get("name"))
+            return terminated, _string(item.get("name"))
     terminated = _terminated(status)
-    return terminated, _text(_task_container(status).get("name")) if terminated else ""
+    return terminated, _string(_task_container(status).get("name")) if terminated else ""
 
 
 def _scheduling(status: Mapping[str, Any]) -> tuple[str, str]:
     """Why a pod without waiting containers is Pending: its PodScheduled=False condition, if any."""
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return _text(condition.get("reason")) or "Unschedulable", _text(condition.get("message"))
+            return _string(condition.get("reason")) or "Unschedulable", _string(condition.get("message"))
     return "", ""
 
 
@@ -248,5 +252,5 @@ def _timestamp(value: object) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
-def _text(value: object) -> str:
+def _string(value: object) -> str:
     return value if isinstance(value, str) else ""

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.worker import BaseWorker
 
-from bridge.protocol import Keys
+from bridge.protocol import Keys, decode_text
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,6 @@ def requeue_own_job(redis: Redis, queue: str, job_id: str, execution_id: str) ->
         args=[entry, job_id],
     )
     return int(result)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def heartbeat_age(redis: Redis, keys: Keys, name: str) -> float | None:
@@ -267,7 +263,7 @@ class Reaper:
         requeued: list[str] = []
         started: set[str] = set()
         for raw_entry in self._redis.zrange(Keys.rq_started(self._queue), 0, -1):
-            entry = _text(raw_entry)
+            entry = decode_text(raw_entry, replace=True)
             job_id, _, execution_id = entry.rpartition(":")
             started.add(job_id)
             if self._reap_started(entry, job_id, execution_id):
@@ -280,8 +276,8 @@ class Reaper:
         worker_name, created_at = self._redis.hmget(execution_key, ["worker_name", "created_at"])
         if not worker_name:  # the execution expired: fall back to the job's own record of its worker
             worker_name = self._redis.hget(Keys.rq_job(job_id), "worker_name")
-        worker = _text(worker_name) if worker_name else ""
-        started_ms = f"{float(_text(created_at)) * 1000:.0f}" if created_at else ""
+        worker = decode_text(worker_name, replace=True) if worker_name else ""
+        started_ms = f"{float(decode_text(created_at, replace=True)) * 1000:.0f}" if created_at else ""
         result = self._requeue_started(
             keys=[
                 Keys.rq_started(self._queue),
@@ -304,7 +300,7 @@ class Reaper:
         requeued: list[str] = []
         still_taken: dict[str, float] = {}
         for raw_id in self._redis.lrange(Keys.rq_intermediate(self._queue), 0, -1):
-            job_id = _text(raw_id)
+            job_id = decode_text(raw_id, replace=True)
             if job_id in started:  # its started entry tells whose it is; _reap_started decides
                 continue
             since = self._taken_since.get(job_id, now)

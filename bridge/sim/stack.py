@@ -39,7 +39,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import redis
 
 from bridge.config import KubeConfig, load_config
-from bridge.protocol import Keys
+from bridge.protocol import Keys, decode_text
 from bridge.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -421,11 +421,14 @@ class LocalStack:
         """Names of the dispatchers whose heartbeat is younger than their lease (Redis server time)."""
         seconds, micros = self.redis.time()
         oldest = seconds * 1000 + micros // 1000 - self.config.dispatcher_lease_seconds * 1000
-        return sorted(_text(name) for name in self.redis.zrangebyscore(self.keys.dispatchers, oldest, "+inf"))
+        return sorted(
+            decode_text(name, replace=True)
+            for name in self.redis.zrangebyscore(self.keys.dispatchers, oldest, "+inf")
+        )
 
     def watcher_leader(self) -> str | None:
         holder = self.redis.get(self.keys.watcher_leader(self.namespace))
-        return None if holder is None else _text(holder)
+        return None if holder is None else decode_text(holder, replace=True)
 
     def wait_watcher_leader(self) -> ManagedProcess:
         """The live watcher holding the namespace's lease, once one does."""
@@ -635,7 +638,3 @@ class PodCreations:
                 self.uids.setdefault(metadata["name"], set()).add(metadata["uid"])
             self._resource_version = metadata["resourceVersion"]
             self._changed.notify_all()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
