@@ -347,6 +347,17 @@ class Dispatcher:
             return "created"
         return self._check_existing(name, key, deadline)
 
+    def _read_pod(self, name: str, deadline: float) -> Any:
+        return _read_json(
+            self._call(
+                f"read pod {name}",
+                lambda args: self._api.read_namespaced_pod(
+                    name, self._namespace, _preload_content=False, **args
+                ),
+                deadline,
+            )
+        )
+
     def _check_existing(self, name: str, key: TaskKey, deadline: float) -> str:
         """A 409: launched if the pod that holds the name is this try's, else a NameConflict.
 
@@ -355,15 +366,7 @@ class Dispatcher:
         something else is a NameConflict.
         """
         try:
-            pod = _read_json(
-                self._call(
-                    f"read pod {name}",
-                    lambda args: self._api.read_namespaced_pod(
-                        name, self._namespace, _preload_content=False, **args
-                    ),
-                    deadline,
-                )
-            )
+            pod = self._read_pod(name, deadline)
         except DispatchRejected as exc:
             return self._unverified(name, exc.message)
         except ApiException as exc:
@@ -436,15 +439,7 @@ class Dispatcher:
     def _delete_pod(self, name: str, key: TaskKey, deadline: float) -> str:
         """Delete this try's pod; "deleted" or "was already gone". A pod of another try is left alone."""
         try:
-            pod = _read_json(
-                self._call(
-                    f"read pod {name}",
-                    lambda args: self._api.read_namespaced_pod(
-                        name, self._namespace, _preload_content=False, **args
-                    ),
-                    deadline,
-                )
-            )
+            pod = self._read_pod(name, deadline)
             problem = _ownership_problem(pod, key, self._config.key_prefix)
             if problem is not None:
                 raise DispatchRejected("NameConflict", f"not deleted: {problem}")
