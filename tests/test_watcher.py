@@ -164,9 +164,11 @@ def watching_from_checkpoint(config: KubeConfig) -> bool:
 
 
 @contextmanager
-def watching(config: KubeConfig, name: str = "w1", *, wait_leading: bool = True) -> Iterator[Watcher]:
+def watching(
+    config: KubeConfig, name: str = "w1", *, wait_leading: bool = True, api: Any = None
+) -> Iterator[Watcher]:
     """A watcher running in a thread; stopped (and proven to have stopped cleanly) on exit."""
-    watcher = Watcher(config, name=name)
+    watcher = Watcher(config, name=name, api=api)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -693,3 +695,34 @@ def test_default_watcher_names_differ_per_process_start(bridge_config: MakeConfi
     assert first.name != second.name
     assert first.name.startswith(f"kbridge-watcher-{socket.gethostname()}-{os.getpid()}-")
     assert first.lease.holder == first.name
+
+
+class SlowDeletes:
+    """The real CoreV1Api, except that pod deletions wait until ``release`` is set."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def delete_namespaced_pod(self, *args: Any, **kwargs: Any) -> Any:
+        self.waiting.set()
+        assert self.release.wait(20), "the test never released the deletion"
+        return self._api.delete_namespaced_pod(*args, **kwargs)
+
+
+def test_a_slow_pod_deletion_does_not_hold_up_other_outcomes(cluster: Cluster) -> None:
+    api = SlowDeletes(core_v1(cluster.config))
+    with watching(cluster.config, api=api):
+        first = cluster.launch("first")
+        cluster.wait_finished(first)
+        assert api.waiting.wait(10), "the watcher never tried to delete the finished pod"
+        second = cluster.launch("second", "fail", exit_code=4)
+        cluster.wait_finished(second)  # reported while the first pod's deletion is still blocked
+        assert first in cluster.pods()
+        assert cluster.outcomes()[second][-1] == ("failed", "Error", 4)
+        api.release.set()
+        wait_until(lambda: first not in cluster.pods(), "the first pod to be deleted")

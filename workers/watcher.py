@@ -44,6 +44,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -75,6 +76,9 @@ log = logging.getLogger(__name__)
 DONE_LABEL = "kbridge/done"
 LIST_PAGE_SIZE = 500
 SWEEP_SECONDS = 5.0
+# Deleting or labelling a finished pod is an API call (tens of ms on a busy cluster); done inline it would
+# hold up every event behind it, so a few threads do it while the watch loop keeps reading.
+CLEANUP_THREADS = 4
 # Phases the sweep looks at: Pending pods (timeouts) and finished ones not yet cleaned up.
 SWEEP_FIELD_SELECTOR = "status.phase!=Running"
 BACKOFF_FIRST_SECONDS = 0.2
@@ -158,6 +162,9 @@ class Watcher:
         self._position: str | None = None
         self._next_sweep = 0.0
         self._skipped: set[str] = set()  # pods already warned about
+        self._cleanup = ThreadPoolExecutor(CLEANUP_THREADS, thread_name_prefix="kbridge-pod-cleanup")
+        self._cleaning: set[str] = set()  # pods whose clean-up is queued or running
+        self._cleaning_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -172,6 +179,7 @@ class Watcher:
     def run(self) -> None:
         """Stand by until holding the lease, then act until the lease is lost; repeat until stopped."""
         backoff = _Backoff()
+        self._cleanup = ThreadPoolExecutor(CLEANUP_THREADS, thread_name_prefix="kbridge-pod-cleanup")
         log.info(
             "watcher %s started for namespace %s (selector %s)", self.name, self.namespace, self._selector
         )
@@ -199,6 +207,7 @@ class Watcher:
                 if not self._stop.is_set():
                     log.warning("watcher %s lost the lease of %s: standing by", self.name, self.namespace)
         finally:
+            self._cleanup.shutdown(wait=True, cancel_futures=True)
             self.lease.release()
             log.info("watcher %s stopped", self.name)
 
@@ -337,7 +346,7 @@ class Watcher:
                     detail = ": ".join(part for part in (report.reason, report.message) if part)
                     log.info("pod %s: task %s%s", name, report.state.value, f" ({detail})" if detail else "")
         if report is not None and not deleted and _needs_cleanup(pod, report):
-            self._finish(name, report)
+            self._finish_soon(name, report)
 
     def _report(
         self, pod: Mapping[str, Any], name: str, *, deleted: bool, pending_timeout: int
@@ -377,6 +386,25 @@ class Watcher:
             log.warning("skipping pod %s: %s", name, why)
         if checkpoint:
             self._redis.set(self._checkpoint_key, checkpoint)
+
+    def _finish_soon(self, name: str, report: PodReport) -> None:
+        """Queue :meth:`_finish` on the clean-up threads, once per pod at a time."""
+        with self._cleaning_lock:
+            if name in self._cleaning:
+                return
+            self._cleaning.add(name)
+        self._cleanup.submit(self._finish_guarded, name, report)
+
+    def _finish_guarded(self, name: str, report: PodReport) -> None:
+        try:
+            self._finish(name, report)
+        except RedisError as exc:
+            log.warning("could not clean up pod %s (Redis: %s); the sweep retries", name, exc)
+        except Exception:  # a clean-up thread must outlive any one pod
+            log.exception("could not clean up pod %s; the sweep retries", name)
+        finally:
+            with self._cleaning_lock:
+                self._cleaning.discard(name)
 
     def _finish(self, name: str, report: PodReport) -> None:
         """Delete or keep (labelled done) a pod whose outcome is recorded; the sweep retries failures."""
@@ -489,7 +517,7 @@ class Watcher:
                 pod, fatal_reasons=self._fatal_reasons, pending_timeout_seconds=0, now=datetime.now(UTC)
             )
             if record is not None and record.terminal and report is not None and _needs_cleanup(pod, report):
-                self._finish(name, report)
+                self._finish_soon(name, report)
 
     def _list(self, *, field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
         """Every matching pod as API JSON, in pages of one snapshot, and the snapshot's resourceVersion."""
