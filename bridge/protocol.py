@@ -135,6 +135,11 @@ class Keys:
     def rq_job(job_id: str) -> str:
         return f"rq:job:{job_id}"
 
+    @staticmethod
+    def rq_worker(name: str) -> str:
+        """rq's hash of a live worker; a dispatcher's heartbeat member is its rq worker name."""
+        return f"rq:worker:{name}"
+
     RQ_QUEUES = "rq:queues"
 
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 
 from bridge.protocol import (
     STATE_RANK,
@@ -91,14 +90,12 @@ class TryRecords:
         outcome: Outcome | None = None,
         *,
         checkpoint: tuple[str, str] | None = None,
-        pipeline: Pipeline | None = None,
     ) -> bool:
         """Move ``record`` forward; stream ``outcome`` if it moved. True if the state changed.
 
         A record at the same unfinished state is refreshed (e.g. a new waiting reason) without streaming
         again; an older state, or any terminal state once one is recorded, changes nothing (a finished
-        try keeps the details of its first terminal report). With
-        ``pipeline`` the call is queued and returns False; read the script's result from ``execute()``.
+        try keeps the details of its first terminal report).
         """
         if outcome is not None and outcome.state != record.state:
             raise ValueError(f"outcome state {outcome.state} differs from record state {record.state}")
@@ -119,8 +116,7 @@ class TryRecords:
         ]
         if streamed and outcome is not None:
             args.extend(field_pairs(outcome.to_fields()))
-        result = self._advance(keys=keys, args=args, client=pipeline)
-        return pipeline is None and result == 1
+        return bool(self._advance(keys=keys, args=args) == 1)
 
     def mark_revoked(self, job_id: str) -> TryState | None:
         """Flag the try revoked (dispatchers then skip or delete its pod); its state before, if recorded.

@@ -41,8 +41,6 @@ EXIT_NOT_READY = 1
 RECORD_BATCH = 1000
 # rq job fields worth showing for one try; all plain text in the job hash.
 RQ_JOB_FIELDS = ("status", "origin", "description", "enqueued_at", "started_at", "ended_at", "worker_name")
-# rq's hash of a live worker (a dispatcher's heartbeat member is its rq worker name).
-RQ_WORKER_KEY = "rq:worker:{}"
 # A dispatcher's default rq worker name (workers/dispatcher.py): kbridge-dispatcher-<host>-<pid>-<hex>.
 _DISPATCHER_OF_HOST = "kbridge-dispatcher-{host}-[0-9]+(-[0-9a-f]+)?"
 # Redis replies as text. Only displayed, so bytes that are not UTF-8 (not written by the bridge) are shown
@@ -169,10 +167,11 @@ def collect_status(redis: Redis, config: KubeConfig) -> BridgeStatus:
 def _queues(redis: Redis, configured: str) -> list[QueueStatus]:
     # rq registers a queue on its first enqueue; the configured one is shown even before that.
     names = {configured}
+    queue_prefix = Keys.rq_queue("")
     for member in redis.smembers(Keys.RQ_QUEUES):
         name = _shown(member)
-        if name.startswith("rq:queue:"):
-            names.add(name.removeprefix("rq:queue:"))
+        if name.startswith(queue_prefix):
+            names.add(name.removeprefix(queue_prefix))
     ordered = sorted(names)
     pipe = redis.pipeline(transaction=False)
     for name in ordered:
@@ -189,7 +188,7 @@ def _dispatchers(redis: Redis, keys: Keys, now_ms: int, lease_ms: int) -> list[D
     beats = [(_shown(name), int(score)) for name, score in members]
     pipe = redis.pipeline(transaction=False)
     for name, _ in beats:
-        pipe.hmget(RQ_WORKER_KEY.format(name), ["state", "current_job"])
+        pipe.hmget(Keys.rq_worker(name), ["state", "current_job"])
     workers = pipe.execute()
     found = [
         DispatcherStatus(
@@ -261,10 +260,10 @@ def _results(redis: Redis, keys: Keys) -> StreamStatus:
 def _watchers(redis: Redis, keys: Keys, configured: str) -> list[WatcherStatus]:
     # A watcher may run for another namespace (--namespace); its keys tell which.
     namespaces = {configured}
-    for suffix in (":leader", ":resource-version"):
-        pattern = f"{keys.prefix}:watcher:*{suffix}"
+    for pattern in (keys.watcher_leader("*"), keys.watcher_checkpoint("*")):
+        head, tail = pattern.split("*")
         for key in redis.scan_iter(match=pattern, count=1000):
-            namespaces.add(_shown(key)[len(f"{keys.prefix}:watcher:") : -len(suffix)])
+            namespaces.add(_shown(key)[len(head) : -len(tail)])
     ordered = sorted(namespaces)
     pipe = redis.pipeline(transaction=False)
     for namespace in ordered:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bridge.protocol import Outcome, job_id_for, utc_now
+from bridge.protocol import Outcome, TryState, job_id_for, utc_now
 from bridge.records import TryRecords
 from bridge.sim.stack import LocalStack, kbridge_command, processes_of_run
 from bridge.task_key import TaskKey
@@ -36,7 +36,6 @@ RUN_ID = "manual__2026-11-23T00:00:00+00:00"
 SECRET_NAME, SECRET_KEY, SECRET_VALUE = "demo-credentials", "token", "s3cr3t-token"
 DEADLINE_S = 45.0
 LOOP_INTERVAL_S = 0.1  # the scheduler loop's pace: how often sync() runs and the progress line is drawn
-RECORD_STATES = ("queued", "launched", "pending", "running", "success", "failed", "revoked")
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,7 @@ class Progress:
         self._tty = sys.stdout.isatty()
 
     def show(self, states: Counter[str], synced: int) -> None:
-        counts = "  ".join(f"{state} {states[state]:2d}" for state in RECORD_STATES if states[state])
+        counts = "  ".join(f"{state} {states[state]:2d}" for state in TryState if states[state])
         line = (
             f"[{time.monotonic() - self.started:5.1f} s] {counts}  | executor has {synced}/{self.total} final"
         )

@@ -47,6 +47,7 @@ from bridge.redis_server import RedisServer, free_loopback_port
 from bridge.sim.cluster import Simulator
 from bridge.task_key import TaskKey
 from bridge.worker_pod import build_worker_pod
+from tests.waiting import wait_until
 from workers.dispatcher import Dispatcher, DispatcherWorker, build_worker, main
 from workers.kube_client import core_v1
 from workers.reaper import Heartbeat
@@ -142,17 +143,6 @@ def is_subset(expected: Any, actual: Any) -> bool:
             and all(is_subset(e, a) for e, a in zip(expected, actual, strict=True))
         )
     return bool(expected == actual)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- launching ---------------------------------------------------------------------------------------------
@@ -420,7 +410,7 @@ def test_a_delete_job_deletes_the_pod_and_records_the_try_revoked(
     )  # fmt: skip
     rq.Queue(QUEUE, connection=redis_client, job_class=BridgeJob, serializer=SERIALIZER).enqueue_job(job)
     run_burst(config)
-    wait_for(lambda: job_id not in pods(simulator), 5, "the pod to be gone")
+    wait_until(lambda: job_id not in pods(simulator), "the pod to be gone", timeout=5)
     revoked = record(redis_client, key())
     assert (revoked.state, revoked.reason) == (TryState.REVOKED, "Revoked")
     assert revoked.message == f"revoked by the scheduler; pod {job_id} deleted"
@@ -500,7 +490,7 @@ def test_sigterm_lets_the_dispatcher_finish_its_current_job(
     fault = simulator.faults.inject(verb="create", status=429, retry_after=2, count=1)
     process = kbridge_dispatcher(config_file)
     processes.append(process)
-    wait_for(lambda: fault.hits == 1, 30, "the dispatcher to start on its first job")
+    wait_until(lambda: fault.hits == 1, "the dispatcher to start on its first job", timeout=30)
     process.send_signal(signal.SIGTERM)  # mid-job: it is waiting out the Retry-After
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
@@ -524,7 +514,7 @@ def test_the_job_of_a_killed_dispatcher_is_requeued_and_launched_within_a_lease_
     fault = simulator.faults.inject(verb="create", status=429, retry_after=30, count=None)
     victim = kbridge_dispatcher(config_file, "--name", "victim")
     processes.append(victim)
-    wait_for(lambda: fault.hits >= 1, 30, "the first dispatcher to try the create")
+    wait_until(lambda: fault.hits >= 1, "the first dispatcher to try the create", timeout=30)
     victim.kill()
     victim.wait(timeout=10)
     killed_at = time.monotonic()
@@ -609,12 +599,16 @@ def test_a_dispatcher_rides_out_a_redis_restart(
 ) -> None:
     process = kbridge_dispatcher(config_file)
     processes.append(process)
-    wait_for(lambda: redis_client.zcard(KEYS.dispatchers) == 1, 30, "the dispatcher's first heartbeat")
+    wait_until(
+        lambda: redis_client.zcard(KEYS.dispatchers) == 1, "the dispatcher's first heartbeat", timeout=30
+    )
     redis_server.restart(hard=True)  # a crash: every connection drops, AOF brings the data back
     client = redis_server.client()
     job_id = enqueue(client, key())
-    wait_for(lambda: job_id in pods(simulator), 20, "the job enqueued after the restart to be launched")
-    wait_for(lambda: record(client, key()).state is TryState.LAUNCHED, 5, "the try to be recorded")
+    wait_until(
+        lambda: job_id in pods(simulator), "the job enqueued after the restart to be launched", timeout=20
+    )
+    wait_until(lambda: record(client, key()).state is TryState.LAUNCHED, "the try to be recorded", timeout=5)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
@@ -661,13 +655,13 @@ def test_a_pod_created_again_for_a_finished_try_is_deleted_at_once(
         )
         TryRecords(redis_client, KEYS, 600).advance(TryRecord(task, TryState.SUCCESS))
         api(simulator).delete_namespaced_pod(job_id, "default", grace_period_seconds=0)
-        wait_for(lambda: job_id not in pods(simulator), 5, "the finished pod to be deleted")
+        wait_until(lambda: job_id not in pods(simulator), "the finished pod to be deleted", timeout=5)
         return seen
 
     monkeypatch.setattr(run_b._records, "get", stale_get)
     result = run_b.launch(LaunchRequest(task, ARGV, QUEUE, {}, utc_now()).to_payload(None))
     assert result["result"] == "duplicate"
-    wait_for(lambda: job_id not in pods(simulator), 5, "the duplicate pod to be deleted")
+    wait_until(lambda: job_id not in pods(simulator), "the duplicate pod to be deleted", timeout=5)
     assert record(redis_client, task).state is TryState.SUCCESS
     assert "duplicate launch" in caplog.text
 
@@ -682,7 +676,7 @@ def test_a_revoked_try_whose_pod_an_earlier_run_created_gets_it_deleted(
     api(simulator).create_namespaced_pod("default", build_worker_pod(task, list(ARGV), None, config))
     TryRecords(redis_client, KEYS, 600).mark_revoked(job_id)
     run_burst(config)
-    wait_for(lambda: job_id not in pods(simulator), 5, "the revoked try's pod to be deleted")
+    wait_until(lambda: job_id not in pods(simulator), "the revoked try's pod to be deleted", timeout=5)
     revoked = record(redis_client, task)
     assert (revoked.state, revoked.message) == (
         TryState.REVOKED,

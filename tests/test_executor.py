@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from bridge.redis_server import RedisServer
 from bridge.results import ResultReader
 from bridge.task_key import TaskKey, TaskKeyError
 from tests.test_queue import CountingConnection, counting_client, text_hash
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,13 +71,6 @@ def pending(client: redis.Redis, group: str = "executor") -> int:
     return int(summary["pending"])
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)  # polling another thread's progress, not a settling delay
-
-
 def sync_until_finished(executor: KubernetesExecutor, task: TaskKey, what: str) -> None:
     """sync() until ``task`` finished: after a Redis restart the first call may meet a dead connection."""
 
@@ -85,7 +78,7 @@ def sync_until_finished(executor: KubernetesExecutor, task: TaskKey, what: str) 
         executor.sync()
         return task not in executor.running
 
-    wait_for(finished, what)
+    wait_until(finished, what)
 
 
 def test_execute_async_does_no_io_and_sync_sends_the_batch_in_one_round_trip(
@@ -316,10 +309,12 @@ def test_end_waits_until_every_running_task_finished(
     executor.execute_async(second, COMMAND)
     ender = threading.Thread(target=executor.end, kwargs={"timeout": 30})
     ender.start()
-    wait_for(lambda: redis_client.llen(QUEUE) == 2, "end() to send the queued tasks")
+    wait_until(lambda: redis_client.llen(QUEUE) == 2, "end() to send the queued tasks")
     report(redis_client, first, TryState.SUCCESS)
-    wait_for(lambda: pending(redis_client) == 0 and redis_client.xlen(KEYS.results) == 1, "the first outcome")
-    wait_for(lambda: first not in executor.running, "the first outcome applied")
+    wait_until(
+        lambda: pending(redis_client) == 0 and redis_client.xlen(KEYS.results) == 1, "the first outcome"
+    )
+    wait_until(lambda: first not in executor.running, "the first outcome applied")
     assert ender.is_alive()  # still waiting for the second task
     report(redis_client, second, TryState.FAILED, reason="Error")
     ender.join(timeout=10)

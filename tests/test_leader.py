@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 import redis
 
 from bridge.redis_server import RedisServer
+from tests.waiting import wait_until
 from workers.leader import SAFETY_FRACTION, Lease
 
 KEY = "test:watcher:default:leader"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until true; the seconds it took. Fails the test naming ``what`` on timeout."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 class FakeClock:
@@ -72,7 +62,7 @@ def test_renewal_keeps_the_lease_past_its_ttl(redis_client: redis.Redis) -> None
 def test_an_unrenewed_lease_expires_and_a_rival_takes_it(redis_client: redis.Redis) -> None:
     holder, rival = Lease(redis_client, KEY, "a", 0.5), Lease(redis_client, KEY, "b", 0.5)
     assert holder.acquire()
-    took = wait_until(rival.acquire, 3, "the rival to take the expired lease")
+    took = wait_until(rival.acquire, "the rival to take the expired lease", timeout=3)
     assert took >= 0.3
     assert not holder.held()
     assert not holder.renew(), "renewing a lease someone else holds fails"
@@ -113,7 +103,7 @@ def test_a_leader_cut_off_from_redis_stops_acting_within_the_lease(
     try:
         redis_server.stop()
         try:
-            took = wait_until(lambda: not holder.held(), 3, "the leader to give up without Redis")
+            took = wait_until(lambda: not holder.held(), "the leader to give up without Redis", timeout=3)
         finally:
             redis_server.start()
         assert took <= 1.0 * (1 - SAFETY_FRACTION) + 0.2

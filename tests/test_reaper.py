@@ -8,9 +8,6 @@ test_dispatcher.py show the same against a real SIGKILLed ``kbridge dispatcher``
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -21,7 +18,8 @@ from bridge.connection import redis_from_config
 from bridge.protocol import Keys, TryState
 from bridge.redis_server import RedisServer
 from bridge.sim.cluster import Simulator
-from tests.test_dispatcher import KEYS, QUEUE, ConfigFactory, enqueue, key, pods, record, text, wait_for
+from tests.test_dispatcher import KEYS, QUEUE, ConfigFactory, enqueue, key, pods, record, text
+from tests.waiting import wait_until
 from workers.dispatcher import build_worker
 from workers.reaper import Heartbeat, Reaper, heartbeat_age
 
@@ -128,7 +126,9 @@ def test_the_heartbeat_keeps_beating_from_its_thread_and_leaves_on_stop(redis_cl
     heartbeat.start()
     first = redis_client.zscore(KEYS.dispatchers, "beating")
     assert first is not None
-    wait_for(lambda: (redis_client.zscore(KEYS.dispatchers, "beating") or 0) > first, 3, "a second beat")
+    wait_until(
+        lambda: (redis_client.zscore(KEYS.dispatchers, "beating") or 0) > first, "a second beat", timeout=3
+    )
     age = heartbeat_age(redis_client, KEYS, "beating")
     assert age is not None
     assert 0 <= age < LEASE
@@ -180,17 +180,11 @@ def test_a_failing_heartbeat_beats_again_as_soon_as_redis_is_back(redis_server: 
     try:
         redis_server.stop()
         try:
-            wait_for(lambda: heartbeat.failing, 5, "the heartbeat to fail")
+            wait_until(lambda: heartbeat.failing, "the heartbeat to fail", timeout=5)
         finally:
             redis_server.start()
-        took = wait_for_seconds(lambda: not heartbeat.failing, 5, "the heartbeat to beat again")
+        took = wait_until(lambda: not heartbeat.failing, "the heartbeat to beat again", timeout=5)
         assert took < heartbeat.interval / 2, "a failing heartbeat must not wait a whole interval"
         assert errors, "others are told (the worker's reaper holds off)"
     finally:
         heartbeat.stop()
-
-
-def wait_for_seconds(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    wait_for(condition, timeout, what)
-    return time.monotonic() - started

@@ -32,6 +32,7 @@ from bridge.sim.cluster import Simulator
 from bridge.sim.kubeconfig import write_kubeconfig
 from bridge.task_key import TaskKey
 from bridge.worker_pod import build_worker_pod
+from tests.waiting import wait_until
 from workers.kube_client import core_v1
 from workers.watcher import DONE_LABEL, Watcher
 
@@ -48,18 +49,6 @@ def fast_config(make: MakeConfig, **kubernetes: str) -> KubeConfig:
     """Settings with a 2 s lease (so watches end every 2 s and takeovers are quick)."""
     options = {"worker_pods_pending_timeout": "0", **kubernetes}
     return make(kubernetes=options, bridge={"watcher_lease_seconds": "2"})
-
-
-def wait_until(
-    condition: Callable[[], bool], what: str, timeout: float = 10, interval: float = 0.02
-) -> float:
-    """Poll ``condition`` (another thread or process changes it) until true; the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 def text(value: bytes | str | None) -> str | None:

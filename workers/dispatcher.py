@@ -31,7 +31,6 @@ import http.client
 import json
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
@@ -78,7 +77,7 @@ from bridge.protocol import (
 from bridge.records import TryRecords
 from bridge.task_key import TaskKey, TaskKeyError
 from bridge.worker_pod import INSTANCE_LABEL, build_worker_pod
-from workers.kube_client import core_v1, request_args
+from workers.kube_client import backoff_seconds, core_v1, request_args
 from workers.reaper import Heartbeat, Reaper, heartbeat_age, requeue_own_job
 
 log = logging.getLogger(__name__)
@@ -86,8 +85,6 @@ log = logging.getLogger(__name__)
 SOURCE = "dispatcher"
 # Longest Retry-After the dispatcher obeys; a longer one is shortened (the deadline still bounds the total).
 MAX_RETRY_AFTER_SECONDS = 30.0
-BACKOFF_FIRST_SECONDS = 0.2
-BACKOFF_MAX_SECONDS = 5.0
 # How long a Redis operation outside a job (failing the try of a broken job) rides out a restart.
 REDIS_RETRY_SECONDS = 30.0
 # Redis errors worth waiting out: the server restarts, fails over or is briefly unreachable.
@@ -286,7 +283,7 @@ class Dispatcher:
         record = self._with_redis(self._records.get, name, deadline=deadline)
         if record is not None and record.revoked:
             # an earlier run of this job (requeued by a reaper) may have created the pod: look for it
-            return self._revoke(key, "revoked before its pod was created", deadline, pod_exists=True)
+            return self._revoke(key, "revoked before its pod was created", deadline)
         if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
             log.info("job %s: skipped, the try is already %s", name, record.state.value)
             return {"job_id": name, "result": "skipped", "state": record.state.value}
@@ -301,7 +298,7 @@ class Dispatcher:
             return self._fail(key, exc.reason, exc.message, deadline)
         latest = self._with_redis(self._records.get, name, deadline=deadline)
         if latest is not None and latest.revoked:  # revoked while we were creating it: take it back
-            return self._revoke(key, "revoked while its pod was being created", deadline, pod_exists=True)
+            return self._revoke(key, "revoked while its pod was being created", deadline)
         if latest is not None and latest.terminal and how == "created":
             # Another run of this job launched the try, its pod finished and was deleted, and this run
             # then created the name again: a second pod for a finished try must not run.
@@ -412,17 +409,15 @@ class Dispatcher:
         except MessageError as exc:
             log.error("rejected delete job: %s", exc)
             return {"result": "failed", "reason": "InvalidMessage", "message": str(exc)}
-        return self._revoke(request.key, request.reason, deadline, pod_exists=True)
+        return self._revoke(request.key, request.reason, deadline)
 
-    def _revoke(self, key: TaskKey, why: str, deadline: float, *, pod_exists: bool) -> dict[str, Any]:
+    def _revoke(self, key: TaskKey, why: str, deadline: float) -> dict[str, Any]:
         name = job_id_for(key)
-        message = why
-        if pod_exists:
-            try:
-                message = f"{why}; pod {name} {self._delete_pod(name, key, deadline)}"
-            except DispatchRejected as exc:  # the executor asked to stop: it is told, and so is the operator
-                log.error("job %s: could not delete pod %s: %s", name, name, exc.message)
-                message = f"{why}; pod {name} could not be deleted: {exc.message}"
+        try:
+            message = f"{why}; pod {name} {self._delete_pod(name, key, deadline)}"
+        except DispatchRejected as exc:  # the executor asked to stop: it is told, and so is the operator
+            log.error("job %s: could not delete pod %s: %s", name, name, exc.message)
+            message = f"{why}; pod {name} could not be deleted: {exc.message}"
         outcome = Outcome(
             key, TryState.REVOKED, reason="Revoked", message=message, pod=name, namespace=self._namespace,
             source=SOURCE,
@@ -549,9 +544,7 @@ class Dispatcher:
         retry_after = _retry_after(state.outcome.exception() if state.outcome else None)
         if retry_after is not None:
             return min(retry_after, MAX_RETRY_AFTER_SECONDS)
-        backoff = min(BACKOFF_FIRST_SECONDS * 2.0 ** (state.attempt_number - 1), BACKOFF_MAX_SECONDS)
-        jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - keeps dispatchers out of lockstep
-        return backoff * jitter
+        return backoff_seconds(state.attempt_number)
 
     def _with_redis(self, operation: Callable[..., T], *args: Any, deadline: float) -> T:
         """Run an idempotent Redis operation, riding out a restart until ``deadline``; then the error is

@@ -8,6 +8,7 @@ TCP keepalive is switched on here because a watch that silently lost its peer wo
 
 from __future__ import annotations
 
+import random
 import socket
 from typing import Any
 
@@ -18,6 +19,16 @@ from urllib3.connection import HTTPConnection
 from bridge.config import KubeConfig
 
 POOL_SIZE = 8
+# Failed API calls (and the watcher's Redis calls) are retried after exponentially growing pauses, with
+# jitter so that several workers do not retry in step.
+BACKOFF_FIRST_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+
+
+def backoff_seconds(attempt: int) -> float:
+    """The pause before retry ``attempt`` (1, 2, ...): doubling from the first to the longest, jittered."""
+    delay = min(BACKOFF_FIRST_SECONDS * 2.0 ** min(attempt - 1, 32), BACKOFF_MAX_SECONDS)
+    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
 
 
 def keepalive_socket_options(config: KubeConfig) -> list[tuple[int, int, int]]:

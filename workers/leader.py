@@ -22,6 +22,8 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 
+from bridge.protocol import decode_text
+
 log = logging.getLogger(__name__)
 
 # KEYS: lease; ARGV: holder, ttl ms. Take a free lease, or extend our own; 1 if we hold it afterwards.
@@ -142,7 +144,7 @@ class Lease:
         value = self._redis.get(self.key)
         if value is None:
             return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return decode_text(value)
 
     def start_renewing(self) -> None:
         """Renew from a daemon thread every :attr:`renew_interval` until released or lost."""

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.executions import Execution
-from rq.worker import BaseWorker
 
 from bridge.protocol import Keys, decode_text
 
@@ -60,12 +59,27 @@ return now - tonumber(beat)
 """
 )
 
+# Shared by the hand-back scripts: put a job back at the head of its queue if it may still run (1), else
+# leave it (2: the job is gone or finished).
+_HAND_BACK = """
+local function hand_back(job_hash, queue, job_id)
+  local status = redis.call('HGET', job_hash, 'status')
+  if status == 'started' or status == 'queued' then
+    redis.call('HSET', job_hash, 'status', 'queued')
+    redis.call('LPUSH', queue, job_id)
+    return 1
+  end
+  return 2
+end
+"""
+
 # Requeue one started-registry entry if its dispatcher is dead, or alive but no longer working on it.
 # KEYS: wip zset, intermediate list, queue list, job hash, heartbeat zset, rq worker hash
 # ARGV: entry (<job id>:<execution id>), job id, worker name, lease ms, execution start (ms, or '')
 # Returns 0 (left alone), 1 (requeued) or 2 (entry dropped: the job is gone or no longer runnable).
 _REQUEUE_STARTED = (
-    _SERVER_NOW_MS
+    _HAND_BACK
+    + _SERVER_NOW_MS
     + """
 local lease = tonumber(ARGV[4])
 if ARGV[3] ~= '' then
@@ -79,44 +93,32 @@ if ARGV[3] ~= '' then
 end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('LREM', KEYS[2], 0, ARGV[2])
-local status = redis.call('HGET', KEYS[4], 'status')
-if status == 'started' or status == 'queued' then
-  redis.call('HSET', KEYS[4], 'status', 'queued')
-  redis.call('LPUSH', KEYS[3], ARGV[2])
-  return 1
-end
-return 2
+return hand_back(KEYS[4], KEYS[3], ARGV[2])
 """
 )
 
 # Requeue a job id stuck in the intermediate list (taken off the queue by a dispatcher that died before
 # registering it as started). KEYS: intermediate list, queue list, job hash. ARGV: job id. Returns as above.
-_REQUEUE_TAKEN = """
+_REQUEUE_TAKEN = (
+    _HAND_BACK
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local status = redis.call('HGET', KEYS[3], 'status')
-if status == 'started' or status == 'queued' then
-  redis.call('HSET', KEYS[3], 'status', 'queued')
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
-end
-return 2
+return hand_back(KEYS[3], KEYS[2], ARGV[1])
 """
+)
 
 
 # A dispatcher hands back the job it was running (Redis failed during it). KEYS: wip zset, queue list, job
 # hash, execution hash. ARGV: entry (<job id>:<execution id>), job id. Returns as above; 0 when a reaper
 # handed it back first.
-_REQUEUE_OWN = """
+_REQUEUE_OWN = (
+    _HAND_BACK
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[4])
-local status = redis.call('HGET', KEYS[3], 'status')
-if status == 'started' or status == 'queued' then
-  redis.call('HSET', KEYS[3], 'status', 'queued')
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 2
+return hand_back(KEYS[3], KEYS[2], ARGV[2])
 """
+)
 
 
 def requeue_own_job(redis: Redis, queue: str, job_id: str, execution_id: str) -> int:
@@ -190,7 +192,7 @@ class Heartbeat:
                 self.beat()
             except RedisError as exc:
                 self._on_error()
-                if not self.failing:  # once per outage; other reapers hold off for a lease after it
+                if not self.failing:  # logged once per outage; on_error (the reaper's hold-off) every time
                     log.warning("dispatcher %s: heartbeat failed, retrying: %s", self.name, exc)
                 self.failing = True
             else:
@@ -285,7 +287,7 @@ class Reaper:
                 Keys.rq_queue(self._queue),
                 Keys.rq_job(job_id),
                 self._keys.dispatchers,
-                BaseWorker.redis_worker_namespace_prefix + worker,
+                Keys.rq_worker(worker),
             ],
             args=[entry, job_id, worker, int(self._lease_seconds * 1000), started_ms],
         )

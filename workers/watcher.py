@@ -19,12 +19,13 @@ Why it is built this way:
 * **Pending pods cannot wait forever.** Every few seconds a sweep lists the pods that are not Running and
   applies them with the pending timeout (a replayed old event never trips the timeout: only the current
   state, read by the sweep, does). The same sweep retries deleting or labelling finished pods.
-* **Finished pods are cleaned up** per ``delete_worker_pods`` / ``delete_worker_pods_on_failure``; a kept
-  pod gets the label ``kbridge/done=true`` and drops out of the watch. A pod the watcher failed while it
-  was still Pending (a fatal waiting reason, the pending timeout) is always deleted: kept, it could start
-  the task after the try was already failed. Its waiting message is in the outcome. A pod is never
-  deleted while its try's launch job is still queued or running: that run could create the freed name
-  again; the sweep deletes it once the job has ended.
+* **Finished pods are cleaned up** per ``delete_worker_pods`` / ``delete_worker_pods_on_failure``, on a few
+  threads so that a slow delete never holds up the events behind it; a kept pod gets the label
+  ``kbridge/done=true`` and drops out of the watch. A pod the watcher failed while it was still Pending (a
+  fatal waiting reason, the pending timeout) is always deleted: kept, it could start the task after the try
+  was already failed. Its waiting message is in the outcome. A pod is never deleted while its try's launch
+  job is still queued or running: that run could create the freed name again; the sweep deletes it once
+  the job has ended.
 * **Errors never stop it.** Redis or API failures back off and retry; a pod without readable task-key
   annotations is skipped with a warning, once.
 """
@@ -37,7 +38,6 @@ import json
 import logging
 import math
 import os
-import random
 import secrets
 import signal
 import socket
@@ -63,11 +63,11 @@ from bridge.config import KubeConfig, load_config
 from bridge.connection import redis_from_config
 from bridge.errors import UserInputError
 from bridge.naming import DNS1123_LABEL_RULE, is_dns1123_label, task_key_from_annotations
-from bridge.protocol import STREAMED_STATES, Keys, TryState, job_id_for
+from bridge.protocol import STREAMED_STATES, Keys, TryState, decode_text, job_id_for
 from bridge.records import TryRecords
 from bridge.task_key import TaskKeyError
 from bridge.worker_pod import instance_selector
-from workers.kube_client import core_v1, request_args
+from workers.kube_client import backoff_seconds, core_v1, request_args
 from workers.leader import Lease
 from workers.pod_state import PodReport, is_deleting, pod_report, vanished_report
 
@@ -81,8 +81,6 @@ SWEEP_SECONDS = 5.0
 CLEANUP_THREADS = 4
 # Phases the sweep looks at: Pending pods (timeouts) and finished ones not yet cleaned up.
 SWEEP_FIELD_SELECTOR = "status.phase!=Running"
-BACKOFF_FIRST_SECONDS = 0.2
-BACKOFF_MAX_SECONDS = 5.0
 STANDBY_POLL_MAX_SECONDS = 1.0
 
 
@@ -109,14 +107,14 @@ class _Backoff:
     """Exponential backoff with jitter, so several watchers do not retry in step."""
 
     def __init__(self) -> None:
-        self._next = BACKOFF_FIRST_SECONDS
+        self._attempt = 0
 
     def delay(self) -> float:
-        delay, self._next = self._next, min(BACKOFF_MAX_SECONDS, self._next * 2)
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+        self._attempt += 1
+        return backoff_seconds(self._attempt)
 
     def reset(self) -> None:
-        self._next = BACKOFF_FIRST_SECONDS
+        self._attempt = 0
 
 
 class Watcher:
@@ -162,7 +160,7 @@ class Watcher:
         self._position: str | None = None
         self._next_sweep = 0.0
         self._skipped: set[str] = set()  # pods already warned about
-        self._cleanup = ThreadPoolExecutor(CLEANUP_THREADS, thread_name_prefix="kbridge-pod-cleanup")
+        self._cleanup: ThreadPoolExecutor  # one per run(), shut down when it returns
         self._cleaning: set[str] = set()  # pods whose clean-up is queued or running
         self._cleaning_lock = threading.Lock()
 
@@ -254,7 +252,7 @@ class Watcher:
         value = self._redis.get(self._checkpoint_key)
         if value is None:
             return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return decode_text(value)
 
     # --- watch -----------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from bridge.sim.bench import percentile
 from bridge.sim.profiles import PROFILES
 from bridge.sim.stack import LocalStack, PodCreations, wait_until
 from bridge.task_key import TaskKey
+from bridge.worker_pod import INSTANCE_LABEL
 
 _TERMINAL_PHASES = ("Succeeded", "Failed")
 # The paced phase calls sync() this often, so the poll interval barely adds to the measured latency; the
@@ -134,7 +135,7 @@ def _sim_create_latencies(stack: LocalStack, count: int = 200) -> list[float]:
             started = time.perf_counter()
             core.create_namespaced_pod(stack.namespace, body)
             latencies.append(time.perf_counter() - started)
-        core.delete_collection_namespaced_pod(stack.namespace, label_selector="!kbridge/instance")
+        core.delete_collection_namespaced_pod(stack.namespace, label_selector=f"!{INSTANCE_LABEL}")
     finally:
         core.api_client.close()
     return latencies
