@@ -432,7 +432,8 @@ class TryRecord:
         return self.state in TERMINAL_STATES
 
     def to_fields(self) -> dict[str, str]:
-        """The fields this record sets; empty optional fields are left out, so a write never erases."""
+        """The fields this record sets. Empty identity fields (queue, pod, ...) are left out, so one
+        writer never erases another's; ``reason`` and ``message`` always describe the newest state."""
         fields = {
             "key": json.dumps(self.key.as_dict(), separators=(",", ":")),
             "state": self.state.value,
@@ -445,7 +446,7 @@ class TryRecord:
             "exit_code": "" if self.exit_code is None else str(self.exit_code),
             "updated_at": self.updated_at or utc_now(),
         }
-        return {name: value for name, value in fields.items() if value}
+        return {name: value for name, value in fields.items() if value or name in ("reason", "message")}
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> TryRecord:

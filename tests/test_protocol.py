@@ -136,11 +136,12 @@ def test_malformed_outcomes_name_the_field(change: dict[str, str], field: str) -
         Outcome.from_fields(fields)
 
 
-def test_try_record_round_trips_and_omits_empty_fields() -> None:
+def test_try_record_round_trips_and_omits_empty_identity_fields() -> None:
     record = TryRecord(KEY, TryState.LAUNCHED, queue="q", pod="p", namespace="ns")
     fields = record.to_fields()
-    assert "reason" not in fields
+    assert "phase" not in fields
     assert "exit_code" not in fields
+    assert (fields["reason"], fields["message"]) == ("", "")  # a new state clears the last one's reason
     decoded = TryRecord.from_hash({**fields, "revoked": "1"})
     assert decoded == TryRecord(**{**record.__dict__, "revoked": True, "updated_at": fields["updated_at"]})
 

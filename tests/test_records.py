@@ -133,3 +133,13 @@ def test_an_outcome_must_match_the_record_state(redis_client: redis.Redis) -> No
     store = records(redis_client)
     with pytest.raises(ValueError, match="differs"):
         store.advance(TryRecord(KEY, TryState.RUNNING), Outcome(KEY, TryState.SUCCESS))
+
+
+def test_a_new_state_replaces_the_reason_of_the_last_one(redis_client: redis.Redis) -> None:
+    store = records(redis_client)
+    store.advance(TryRecord(KEY, TryState.LAUNCHED, pod="p", namespace="ns"))
+    store.advance(TryRecord(KEY, TryState.PENDING, phase="Pending", reason="ContainerCreating"))
+    assert advance(store, TryState.RUNNING, phase="Running")
+    record = store.get(job_id_for(KEY))
+    assert record is not None
+    assert (record.state, record.reason, record.pod, record.namespace) == (TryState.RUNNING, "", "p", "ns")
