@@ -466,6 +466,10 @@ OPTIONS: tuple[Option, ...] = (
            "Leader lease of the watcher of a namespace; a standby takes over within it.", (WATCHER,)),
     Option(BRIDGE, "record_ttl_seconds", integer(60, 90 * 24 * 3600), "604800",
            "How long a task try's record and a failed rq job are kept.", EVERY_PROCESS),
+    Option(BRIDGE, "launch_secret_ttl_seconds", integer(1, 7 * 24 * 3600), "3600",
+           "The most a launch secret (execute_async's secret_env values) may wait in Redis for a "
+           "dispatcher; a try still queued after that is failed with LaunchSecretExpired.",
+           (EXECUTOR, DISPATCHER)),
 )  # fmt: skip
 
 
@@ -562,6 +566,12 @@ FREE_FORM_SECTIONS: tuple[FreeFormSection, ...] = (
 _FIXED_SECTIONS = (CORE, KUBERNETES, BRIDGE)
 SECTIONS = (*_FIXED_SECTIONS, *(section.name for section in FREE_FORM_SECTIONS))
 _OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+
+
+def option_section(key: str) -> str | None:
+    """The fixed section an option key belongs to (keys are unique across sections), or None."""
+    option = _OPTIONS_BY_KEY.get(key.lower())
+    return None if option is None else option.section
 
 
 # --- messages -------------------------------------------------------------------------------------------
@@ -672,9 +682,15 @@ class _RawSettings:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
+    overrides_origin: str = "overrides",
 ) -> KubeConfig:
-    """Read defaults, then the file (``path``, else ``$KBRIDGE_CONFIG``), then ``KBRIDGE__*`` variables.
+    """Read defaults, then the file (``path``, else ``$KBRIDGE_CONFIG``), then ``KBRIDGE__*`` variables,
+    then ``overrides`` (``{section: {key: text}}``, e.g. from Airflow's configuration; problems in them are
+    reported as coming from ``overrides_origin``).
 
     Raises :class:`ConfigError` listing every problem (missing file, unknown sections or keys, bad values).
     """
@@ -692,6 +708,9 @@ def load_config(
             raise ConfigError(raw.source, [Problem(given_by, f"{given_by} {detail}")])
         raw.read_file(file_path)
     raw.read_environment(environ)
+    for section, entries in (overrides or {}).items():
+        for key, text in entries.items():
+            raw.set(section, key, text, overrides_origin)
     return KubeConfig._from_raw(raw)
 
 
@@ -753,6 +772,7 @@ class KubeConfig:
     dispatcher_lease_seconds: int
     watcher_lease_seconds: int
     record_ttl_seconds: int
+    launch_secret_ttl_seconds: int
     # free-form sections
     kubernetes_labels: dict[str, str]
     kubernetes_annotations: dict[str, str]

@@ -5,20 +5,25 @@ It keeps the interface of Airflow's ``KubernetesExecutor`` (``start``, ``execute
 fast and must survive Redis outages, so:
 
 * ``execute_async`` only validates the task and builds its rq job in memory (microseconds, no I/O);
-  a bad command, ``executor_config`` or queue name fails that task alone, with the reason in the event
-  buffer, instead of raising into the scheduler.
+  a bad command, ``executor_config``, queue name or ``secret_env`` fails that task alone, with the reason
+  in the event buffer, instead of raising into the scheduler.
+* ``secret_env`` values (a task try's own secrets, e.g. Airflow 3's workload token) are never in the rq
+  job, a try record, the result stream, a log line or an exception message: they go to a launch-secret
+  hash that expires after ``launch_secret_ttl_seconds`` (:mod:`bridge.queue`), from which a dispatcher
+  moves them into a Secret the pod reads by ``secretKeyRef``, then deletes the hash.
 * ``sync`` writes every job queued since the last call in one round trip (:class:`~bridge.queue.TaskQueue`)
   and then applies outcomes from the result stream (:class:`~bridge.results.ResultReader`), acknowledging
   them only after they are applied. When Redis is unreachable it logs, keeps the unsent jobs and returns;
   the next call sends them. Nothing raises into the scheduler loop.
 * Each try's record in Redis (:mod:`bridge.records`) is the memory that survives a scheduler restart:
-  ``clear_not_launched_queued_tasks`` adopts tries that are queued or running and reports terminal ones.
+  ``adopt`` (and ``clear_not_launched_queued_tasks``) adopts tries that are queued or running and reports
+  terminal ones.
 
 One executor (one scheduler) per bridge instance (``[bridge] key_prefix`` in one Redis database): the
 executor acknowledges every outcome it reads, including those of tries it does not know, so a second
 executor reading the same consumer group would swallow the first one's outcomes. Outcomes of tries not (yet)
 known are kept for a while (the last :data:`UNADOPTED_OUTCOMES`), so tries adopted after a restart by
-``clear_not_launched_queued_tasks`` still get outcomes that were read before they were adopted. Give the
+``adopt`` still get outcomes that were read before they were adopted. Give the
 executor a stable ``[bridge] consumer_name`` (e.g. a StatefulSet pod name) so a restart re-reads its own
 unacknowledged outcomes at once; with a changing name they are claimed from the old name after
 :data:`bridge.results.CLAIM_IDLE_SECONDS`.
@@ -34,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
@@ -55,6 +60,7 @@ from bridge.protocol import (
     TryState,
     decode_text,
     job_id_for,
+    secret_env_name_problem,
     utc_now,
 )
 from bridge.queue import DEAD_JOB_STATUSES, EnqueueStatus, PreparedJob, RevokeAction, RevokeResult, TaskQueue
@@ -75,6 +81,8 @@ TRIM_INTERVAL_SECONDS = 30.0  # also how often outcomes left pending by a gone c
 UNADOPTED_OUTCOMES = 10_000  # outcomes of unknown tries kept for a later adoption (oldest dropped first)
 READS_PER_SYNC = 10  # batches of outcomes applied per sync(), so one call never runs unbounded
 _RETRY_PAUSE_SECONDS = 1.0  # end() between attempts while Redis is unreachable
+# A Secret holds at most 1 MiB; base64 makes the values a third larger, and the pod's Secret needs room.
+MAX_SECRET_ENV_BYTES = 512 * 1024
 
 
 class InvalidTask(UserInputError):
@@ -144,27 +152,33 @@ class KubernetesExecutor:
         command: Sequence[str],
         queue: str | None = None,
         executor_config: Any = None,
+        *,
+        secret_env: Mapping[str, str] | None = None,
     ) -> None:
         """Queue one task try; it reaches Redis at the next :meth:`sync` (or :meth:`flush`).
 
-        ``command`` is the argv list of the worker container. A task that cannot be run as given (a
-        command that is a string, an invalid ``executor_config`` or queue name) is failed at once: its
-        event says why, and nothing is raised. A malformed ``key`` raises :class:`TaskKeyError`: there is
-        no task to fail.
+        ``command`` is the argv list of the worker container. ``secret_env`` maps environment variable
+        names of the worker container to secret values (e.g. a token for this try); the pod reads them
+        from a Secret of its own, so ``command`` may use them as ``$(NAME)``, which Kubernetes expands.
+        A task that cannot be run as given (a command that is a string, an invalid ``executor_config``,
+        queue name or ``secret_env``) is failed at once: its event says why, and nothing is raised. A
+        malformed ``key`` raises :class:`TaskKeyError`: there is no task to fail.
         """
         task = task_key(key)
         if task in self.running:
             log.warning("Task %s is already running here; not queueing it again", task)
             return
         try:
+            secrets = _secret_env(secret_env)
             request = LaunchRequest(
                 key=task,
                 argv=_argv(command),
                 queue=self._queue_name(queue),
                 pod_config=parse_executor_config(executor_config).as_dict() if executor_config else {},
                 enqueued_at=utc_now(),
+                secret_env=tuple(secrets),
             )
-            prepared = self.queue.build(request)
+            prepared = self.queue.build(request, secrets)
         except (UserInputError, TypeError, ValueError) as exc:
             log.error("Task %s cannot be queued: %s", task, exc)
             self._event(
@@ -251,29 +265,40 @@ class KubernetesExecutor:
             message = "executor terminated"
             self._event(Outcome(key, TryState.REVOKED, reason="Revoked", message=message, source="executor"))
 
-    def revoke(self, key: TaskKeyLike) -> bool:
+    def revoke(self, key: TaskKeyLike, *, report: bool = True) -> bool:
         """Stop one try; True if it was taken off its queue or its pod deletion was queued.
 
-        Its outcome (revoked, reported as failed) arrives through the result stream as usual.
+        With ``report``, its outcome (revoked, reported as failed) arrives through the result stream as
+        usual. Without it (Airflow's ``revoke_task``, which settles the task itself), the try leaves
+        ``running`` at once and no event is ever put in the event buffer for it: outcomes read for it later
+        are kept like those of a try this executor does not know.
         """
-        result = self._revoke(task_key(key))
+        task = task_key(key)
+        result = self._revoke(task, report=report)
+        if not report:
+            self.running.discard(task)
+            self._reported_running.discard(task)
         return result is not None and result.action in (RevokeAction.DEQUEUED, RevokeAction.DELETE_QUEUED)
 
     def clear_not_launched_queued_tasks(self, queued: Iterable[TaskKeyLike]) -> list[TaskKey]:
+        """:meth:`adopt`, with an unreachable Redis reported as the empty list (call again later)."""
+        return self.adopt(queued) or []
+
+    def adopt(self, keys: Iterable[TaskKeyLike]) -> list[TaskKey] | None:
         """After a scheduler restart: of the tries the scheduler believes queued, return those never launched.
 
         Per try, from its record and rq job (one round trip): a try that ended (its record, or an outcome
         read before this call) reports its outcome now, as does a try revoked before any dispatcher ran it;
         a launched (or pending, running) record, or a live rq job (queued, started), is adopted into
         ``running``; anything else was never launched and is returned, for the scheduler to queue again.
-        If Redis is unreachable, nothing is decided and the empty list is returned (call again later).
+        If Redis is unreachable, nothing is decided and None is returned (call again later).
         """
-        keys = [task_key(key) for key in queued]
-        found = self._guard(self._records_and_statuses, keys)
+        tasks = [task_key(key) for key in keys]
+        found = self._guard(self._records_and_statuses, tasks)
         if found is None:
-            return []
+            return None
         not_launched: list[TaskKey] = []
-        for key, (record, status) in zip(keys, found, strict=True):
+        for key, (record, status) in zip(tasks, found, strict=True):
             early = self._unadopted.pop(key, None)
             live_job = status is not None and status not in DEAD_JOB_STATUSES
             if early is not None and early.state in TERMINAL_STATES:
@@ -378,13 +403,14 @@ class KubernetesExecutor:
                     self._apply_outcome(early)
         self._duplicates = []
 
-    def _revoke(self, task: TaskKey) -> RevokeResult | None:
+    def _revoke(self, task: TaskKey, *, report: bool = True) -> RevokeResult | None:
         """Revoke one try (see :meth:`revoke`); None if Redis failed or it was never sent."""
         unsent = [job for job in self._batch if job.key == task]
         if unsent:  # never reached Redis: nothing else will report on it
             self._batch = [job for job in self._batch if job.key != task]
             message = "revoked before it was queued"
-            self._event(Outcome(task, TryState.REVOKED, reason="Revoked", message=message, source="executor"))
+            if report:
+                self._event(Outcome(task, TryState.REVOKED, "Revoked", message, source="executor"))
             return RevokeResult(RevokeAction.DEQUEUED, None)
         result = self._guard(self.queue.revoke, task, self.config.namespace)
         if result is not None:
@@ -457,6 +483,40 @@ def _argv(command: object) -> tuple[str, ...]:
     if bad:
         raise InvalidTask(f"command must contain only strings, got {bad!r} in {command!r}")
     return tuple(command)
+
+
+def _secret_env(secret_env: object) -> dict[str, str]:
+    """The checked ``secret_env`` of a task; messages name the field, never a value."""
+    if secret_env is None:
+        return {}
+    if not isinstance(secret_env, Mapping):
+        raise InvalidTask(
+            f"secret_env must be a mapping of environment variable name to string value, got "
+            f"{type(secret_env).__name__}"
+        )
+    size = 0
+    for name, value in secret_env.items():
+        problem = secret_env_name_problem(name)
+        if problem is not None:
+            raise InvalidTask(f"secret_env: a name {problem}; rename the variable")
+        if not isinstance(value, str):
+            raise InvalidTask(
+                f"secret_env[{name!r}] must be a string, got {type(value).__name__}; pass the value as text"
+            )
+        try:
+            size += len(name) + len(value.encode())
+        except UnicodeEncodeError:  # its message would quote the offending character
+            raise InvalidTask(
+                f"secret_env[{name!r}] is not valid Unicode text (it holds a lone surrogate); pass text "
+                "that encodes as UTF-8"
+            ) from None
+    if size > MAX_SECRET_ENV_BYTES:
+        raise InvalidTask(
+            f"secret_env holds {size} bytes, more than the {MAX_SECRET_ENV_BYTES} allowed (the pod's "
+            "Secret is limited to 1 MiB, base64-encoded); pass large data another way, e.g. a Secret or "
+            "volume of your own in executor_config"
+        )
+    return dict(secret_env)
 
 
 def _outcome_from_record(record: TryRecord) -> Outcome:

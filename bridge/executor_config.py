@@ -368,6 +368,14 @@ def _pod_override(value: object) -> dict[str, Any]:
         raise ExecutorConfigError(
             f"{where} is a {model.__name__}; it must be a whole V1Pod, e.g. V1Pod(spec=...)"
         )
+    if isinstance(value, str) and value.startswith("api_version="):
+        # The text form of a V1Pod: what Airflow 3.2 stores when it cannot serialize one.
+        raise ExecutorConfigError(
+            f"{where} reached the executor as the text of a V1Pod, not a pod: Airflow before 3.3 serializes "
+            "a V1Pod only with apache-airflow-providers-cncf-kubernetes installed next to the scheduler and "
+            "the dag-processor; install it, or give pod_override as a dict in API form "
+            "({'spec': {'containers': [{'name': 'base', ...}]}})"
+        )
     pod = check_pod_shape(_api_json(where, value), where, ExecutorConfigError)
     # Beyond the shape every pod needs: an override is written by hand, so catch the usual mistakes.
     _check_field_names(where, pod)

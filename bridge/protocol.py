@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,12 @@ JOB_FUNCTIONS = (LAUNCH_POD, DELETE_POD)
 
 # rq keeps a finished job (and its result) this long; the try record keeps the outcome for longer.
 JOB_RESULT_TTL_SECONDS = 3600
+
+# Names of secret env values (``execute_async(secret_env=...)``): each is a container environment variable
+# and a key of the pod's Secret, so it must be both; the C identifier rule is valid everywhere.
+SECRET_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SECRET_ENV_NAME_RULE = "letters, digits and '_', not starting with a digit"  # noqa: S105 - a rule, not a secret
+MAX_SECRET_ENV_NAME_LENGTH = 253  # the longest Secret key
 
 
 class MessageError(UserInputError):
@@ -97,6 +104,10 @@ class Keys:
 
     def try_record(self, job_id: str) -> str:
         return f"{self.prefix}:try:{job_id}"
+
+    def launch_secret(self, job_id: str) -> str:
+        """Hash of a queued launch's secret env values (name -> value), until its pod's Secret exists."""
+        return f"{self.prefix}:launch-secret:{job_id}"
 
     @property
     def in_flight(self) -> str:
@@ -169,6 +180,9 @@ KEY_TABLE: tuple[KeyDoc, ...] = (
     KeyDoc("<prefix>:try:<job id>", "hash", "executor, dispatchers, watcher",
            "executor, dispatchers, status", "record_ttl_seconds, renewed on each write",
            "the try record: state, pod, reason, exit code, times"),
+    KeyDoc("<prefix>:launch-secret:<job id>", "hash", "executor (dispatchers delete it)", "dispatchers",
+           "launch_secret_ttl_seconds; deleted when its launch job ends or the try is revoked",
+           "secret env values of a queued launch (`secret_env`), name -> value"),
     KeyDoc("<prefix>:in-flight", "set", "dispatchers (add), watcher (remove)", "watcher, status", "none",
            "job ids with a launched, unfinished pod"),
     KeyDoc("<prefix>:results", "stream", "watcher, dispatchers, executor (revoke)",
@@ -226,7 +240,9 @@ class LaunchRequest:
     """The only argument of a :data:`LAUNCH_POD` job: everything a dispatcher needs to create the pod.
 
     ``pod_config`` is :meth:`bridge.executor_config.TaskPodConfig.as_dict`; the dispatcher re-parses it
-    (it is untrusted input) and builds the pod with its own configuration.
+    (it is untrusted input) and builds the pod with its own configuration. ``secret_env`` names the
+    variables whose values wait in :meth:`Keys.launch_secret` (never here): the dispatcher puts them in a
+    Secret of the pod's name and gives the pod ``secretKeyRef``s to it.
     """
 
     key: TaskKey
@@ -234,6 +250,7 @@ class LaunchRequest:
     queue: str
     pod_config: dict[str, Any] = field(default_factory=dict)
     enqueued_at: str = ""
+    secret_env: tuple[str, ...] = ()
 
     @property
     def job_id(self) -> str:
@@ -248,6 +265,8 @@ class LaunchRequest:
             "pod_config": self.pod_config,
             "enqueued_at": self.enqueued_at,
         }
+        if self.secret_env:  # absent otherwise: launches without secrets keep the same payload
+            payload["secret_env"] = list(self.secret_env)
         if signing_key is not None:
             payload["sig"] = signature(payload, signing_key)
         return payload
@@ -267,7 +286,32 @@ class LaunchRequest:
             queue=_field(payload, "queue", str, where),
             pod_config=_field(payload, "pod_config", dict, where),
             enqueued_at=str(payload.get("enqueued_at", "")),
+            secret_env=_secret_env_names(payload.get("secret_env", []), where),
         )
+
+
+def secret_env_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a secret env name (an environment variable and a Secret key), or None."""
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if len(name) > MAX_SECRET_ENV_NAME_LENGTH or SECRET_ENV_NAME.fullmatch(name) is None:
+        return (
+            f"{name[:80]!r} is not a valid name ({SECRET_ENV_NAME_RULE}, at most "
+            f"{MAX_SECRET_ENV_NAME_LENGTH} characters)"
+        )
+    return None
+
+
+def _secret_env_names(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise MessageError(f"{where} field 'secret_env' must be list, got {type(value).__name__}")
+    for name in value:
+        problem = secret_env_name_problem(name)
+        if problem is not None:
+            raise MessageError(f"{where} field 'secret_env': a name {problem}")
+    if len(set(value)) != len(value):
+        raise MessageError(f"{where} field 'secret_env' names a variable twice")
+    return tuple(value)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,12 @@ dead (failed, canceled, stopped, finished) or "queued" on no list was never laun
 reschedules such tries with the same key (see ``KubernetesExecutor.clear_not_launched_queued_tasks``), so
 the script enqueues it again.
 
+A launch with secret env values (``execute_async(secret_env=...)``) also gets its launch-secret hash
+(:meth:`~bridge.protocol.Keys.launch_secret`), written by the same script with its own TTL
+(``launch_secret_ttl_seconds``), so the secret costs no extra round trip and never exists without its job.
+A duplicate whose job is still queued gets its hash rewritten with the new values (a re-queue after a
+scheduler restart brings a fresher token); any other duplicate gets none. The revoke script deletes it.
+
 Lua has no rollback, so the script checks the type of every key a job writes before writing any of them:
 a queue name whose key holds something else (``SET rq:queue:x 1`` by mistake) refuses that one job, with
 the key and type in the message, instead of leaving a try "queued" on no queue or failing the whole batch.
@@ -22,8 +28,8 @@ Every key the scripts touch is passed in ``KEYS``, none is built inside Lua.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, cast
 
@@ -64,11 +70,11 @@ DEAD_JOB_STATUSES = frozenset(
 
 _DEAD_STATUSES_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted(DEAD_JOB_STATUSES)) + "}"
 
-# KEYS: rq:queues, then per job: rq:job:<id>, try record, rq:queue:<queue>, and the queue list,
-#       intermediate list and failed registry of the queue the try was enqueued on before (= its queue
-#       unless the scheduler routes a never-launched try to another queue)
-# ARGV: record ttl, then per job: job id, earlier queue name, n job fields, n record fields, job field
-#       pairs, record field pairs
+# KEYS: rq:queues, then per job: rq:job:<id>, try record, rq:queue:<queue>, the queue list, intermediate
+#       list and failed registry of the queue the try was enqueued on before (= its queue unless the
+#       scheduler routes a never-launched try to another queue), and its launch-secret hash
+# ARGV: record ttl, launch secret ttl, then per job: job id, earlier queue name, n job fields, n record
+#       fields, n secret fields, job field pairs, record field pairs, secret field pairs (name, value)
 # Returns one reply per job: 1 enqueued, 0 duplicate (left untouched), {'queue', name} when its record
 # names another earlier queue (call again with that queue's keys), or an error text when a key it writes
 # holds another type. Every check of a job comes before its first write: Lua has no rollback, and a job
@@ -76,7 +82,7 @@ _DEAD_STATUSES_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted
 _ENQUEUE = (
     """
 local dead = DEAD_STATUSES
-local ttl = tonumber(ARGV[1])
+local ttl, secret_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local replies = {}
 local function wrong_type(key, ...)
   local found = redis.call('TYPE', key)['ok']
@@ -87,18 +93,22 @@ local function wrong_type(key, ...)
   return 'Redis key ' .. key .. ' is a ' .. found .. ', not a ' .. table.concat({...}, ' or ')
 end
 local registry_error = wrong_type(KEYS[1], 'set')
-local a = 2
-for k = 2, #KEYS, 6 do
+local a = 3
+for k = 2, #KEYS, 7 do
   local job_key, record_key, queue_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local old_queue_key, old_intermediate_key, old_failed_key = KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local secret_key = KEYS[k + 6]
   local job_id, expected_queue = ARGV[a], ARGV[a + 1]
-  local nj, nr = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local job_from = a + 4
+  local nj, nr, ns = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local job_from = a + 5
   local record_from = job_from + 2 * nj
-  a = record_from + 2 * nr
+  local secret_from = record_from + 2 * nr
+  a = secret_from + 2 * ns
   local reply = registry_error or wrong_type(job_key, 'hash') or wrong_type(record_key, 'hash')
     or wrong_type(queue_key, 'list') or wrong_type(old_queue_key, 'list')
     or wrong_type(old_intermediate_key, 'list') or wrong_type(old_failed_key, 'zset')
+    or (ns > 0 and wrong_type(secret_key, 'hash'))
+  local refresh_secret = false
   if not reply then
     local state = redis.call('HGET', record_key, 'state')
     local status = redis.call('HGET', job_key, 'status')
@@ -113,20 +123,29 @@ for k = 2, #KEYS, 6 do
           or redis.call('LPOS', old_intermediate_key, job_id))) then
         redis.call('LREM', old_queue_key, 0, job_id)
         redis.call('ZREM', old_failed_key, job_id)
-        redis.call('DEL', job_key, record_key)
+        redis.call('DEL', job_key, record_key, secret_key)
         fresh = true
       end
     end
     if fresh then
       redis.call('HSET', job_key, unpack(ARGV, job_from, record_from - 1))
-      redis.call('HSET', record_key, unpack(ARGV, record_from, a - 1))
+      redis.call('HSET', record_key, unpack(ARGV, record_from, secret_from - 1))
       redis.call('EXPIRE', record_key, ttl)
       redis.call('RPUSH', queue_key, job_id)
       redis.call('SADD', KEYS[1], queue_key)
       reply = 1
+      refresh_secret = ns > 0
     elseif not reply then
       reply = 0
+      -- a duplicate still waiting for a dispatcher takes the newer values; any other gets none
+      refresh_secret = ns > 0 and state == 'queued' and status == 'queued'
+        and redis.call('HEXISTS', record_key, 'revoked') == 0
     end
+  end
+  if refresh_secret then
+    redis.call('DEL', secret_key)
+    redis.call('HSET', secret_key, unpack(ARGV, secret_from, a - 1))
+    redis.call('EXPIRE', secret_key, secret_ttl)
   end
   replies[#replies + 1] = reply
 end
@@ -134,17 +153,19 @@ return replies
 """
 ).replace("DEAD_STATUSES", _DEAD_STATUSES_LUA)
 
-# KEYS: try record, rq:queue:<queue>, rq:job:<id>, result stream, rq:job:<id>-delete, rq:queues
+# KEYS: try record, rq:queue:<queue>, rq:job:<id>, result stream, rq:job:<id>-delete, rq:queues,
+#       launch-secret hash
 # ARGV: job id, delete job id, record ttl, failure ttl, ended_at, n record fields, n outcome fields,
 #       record field pairs, outcome field pairs, delete job field pairs
 # Returns {action, state before}. The record is moved to revoked here only from 'queued', which is always a
 # forward move, so this needs none of the ordering logic of bridge.records. A job taken off its queue that
 # a dispatcher had run before (the reaper hands a dead dispatcher's job back; its pod may exist) gets the
-# delete job as well.
+# delete job as well. A revoked try's secret env values are of no more use: its hash goes at once.
 _REVOKE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
 redis.call('HSET', KEYS[1], 'revoked', '1')
+redis.call('DEL', KEYS[7])
 if state == 'success' or state == 'failed' or state == 'revoked' then return {'finished', state} end
 local nr, no = tonumber(ARGV[6]), tonumber(ARGV[7])
 local record_from, outcome_from, delete_from = 8, 8 + 2 * nr, 8 + 2 * nr + 2 * no
@@ -178,6 +199,8 @@ class PreparedJob:
     queue: str
     job_fields: tuple[Any, ...]  # name, value, name, value ... exactly what rq's Job.to_dict() gives
     record_fields: tuple[str, ...]
+    # name, value ... of the launch-secret hash; never in a repr (nor, so, in a log line or a traceback)
+    secret_fields: tuple[str, ...] = field(default=(), repr=False)
 
 
 class EnqueueStatus(StrEnum):
@@ -222,16 +245,22 @@ class TaskQueue:
         self._signing_key = config.signing_key
         self._job_timeout = config.job_timeout_seconds
         self._record_ttl = config.record_ttl_seconds
+        self._secret_ttl = config.launch_secret_ttl_seconds
         self._enqueue = redis.register_script(_ENQUEUE)
         self._revoke = redis.register_script(_REVOKE)
         self._launch_template = self._job(LAUNCH_POD, "template", "template", {}).to_dict()
 
-    def build(self, request: LaunchRequest) -> PreparedJob:
+    def build(self, request: LaunchRequest, secret_env: Mapping[str, str] | None = None) -> PreparedJob:
         """The rq job and try record of ``request``; raises TypeError/ValueError for non-JSON input.
 
-        The job hash is the one rq's ``Job.create(...).to_dict()`` gives (a template made that way once,
-        with the per-job fields filled in): about a third of the cost of building an rq Job per task.
+        ``secret_env`` holds the values of the names in ``request.secret_env`` (the request itself carries
+        only the names). The job hash is the one rq's ``Job.create(...).to_dict()`` gives (a template made
+        that way once, with the per-job fields filled in): about a third of the cost of building an rq Job
+        per task.
         """
+        values = secret_env or {}
+        if set(values) != set(request.secret_env):
+            raise ValueError("the secret_env values must be given for exactly the names the request lists")
         job_id = request.job_id
         stamp = utcformat(now())
         fields = dict(self._launch_template)
@@ -246,6 +275,7 @@ class TaskQueue:
             queue=request.queue,
             job_fields=tuple(field_pairs(fields)),
             record_fields=tuple(field_pairs(record.to_fields())),
+            secret_fields=tuple(item for name in request.secret_env for item in (name, values[name])),
         )
 
     def enqueue(self, prepared: Sequence[PreparedJob]) -> list[EnqueueResult]:
@@ -318,6 +348,7 @@ class TaskQueue:
                 self._keys.results,
                 self._keys.rq_job(delete_job.id),
                 self._keys.RQ_QUEUES,
+                self._keys.launch_secret(job_id),
             ],
             args=[
                 job_id,
@@ -356,7 +387,7 @@ class TaskQueue:
         self, chunk: Sequence[PreparedJob], earlier: Sequence[str]
     ) -> tuple[list[str], list[Any]]:
         keys: list[str] = [self._keys.RQ_QUEUES]
-        args: list[Any] = [self._record_ttl]
+        args: list[Any] = [self._record_ttl, self._secret_ttl]
         for job, before in zip(chunk, earlier, strict=True):
             keys += [
                 self._keys.rq_job(job.job_id),
@@ -365,10 +396,13 @@ class TaskQueue:
                 Keys.rq_queue(before),
                 Keys.rq_intermediate(before),
                 Keys.rq_failed(before),
+                self._keys.launch_secret(job.job_id),
             ]
             args += [job.job_id, before, len(job.job_fields) // 2, len(job.record_fields) // 2]
+            args.append(len(job.secret_fields) // 2)
             args += job.job_fields
             args += job.record_fields
+            args += job.secret_fields
         return keys, args
 
     def _run_enqueue(self, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any]]:

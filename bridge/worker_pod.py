@@ -22,11 +22,16 @@ pods), the ``base`` container's ``args`` (the task command; the image ENTRYPOINT
 #12766) and ``restartPolicy: Never`` (a restarted pod never reaches a final phase).
 
 The ``base`` container also gets ``AIRFLOW_IS_K8S_EXECUTOR_POD=True``, as Airflow's executor sets it.
-Secrets reach the pod only by reference (``secretKeyRef`` or a Secret volume), never by value.
+Secrets reach the pod only by reference (``secretKeyRef`` or a Secret volume), never by value. That holds
+for a try's own secret values too (``execute_async(secret_env=...)``): the dispatcher puts them in a Secret
+named like the pod (:func:`build_launch_secret`), and the ``base`` container gets one ``secretKeyRef`` per
+name, replacing any same-named variable of the layers; the pod is annotated ``kbridge/launch-secret`` with
+the Secret's name, and no layer can set or change that annotation (the watcher deletes the Secret it names).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Mapping, Sequence
 from functools import reduce
@@ -40,6 +45,8 @@ from bridge.pod_template import BASE_CONTAINER, base_container, load_pod_templat
 from bridge.task_key import TaskKey
 
 INSTANCE_LABEL = "kbridge/instance"
+# On a pod whose try has secret env values: the name of the Secret holding them (the pod's own name).
+LAUNCH_SECRET_ANNOTATION = "kbridge/launch-secret"  # noqa: S105 - a key, not a secret
 # Where a legacy ``gcp_service_account_key`` Secret is mounted; the Secret must hold the key as key.json.
 GCP_KEY_VOLUME = "gcp-service-account-key"
 GCP_KEY_DIRECTORY = "/var/secrets/google"
@@ -87,11 +94,18 @@ def instance_selector(kube_config: KubeConfig) -> str:
 
 
 def build_worker_pod(
-    key: TaskKey, command: Sequence[str], pod_config: TaskPodConfig | None, kube_config: KubeConfig
+    key: TaskKey,
+    command: Sequence[str],
+    pod_config: TaskPodConfig | None,
+    kube_config: KubeConfig,
+    *,
+    secret_env: Sequence[str] = (),
 ) -> Pod:
     """The pod (API JSON, camelCase) that runs ``command`` for one task try; see the module doc for the rules.
 
-    Raises :class:`WorkerPodError` (or ``PodTemplateError``) for a bad command, template or override.
+    ``secret_env`` names variables the ``base`` container reads from the try's launch Secret (see
+    :func:`build_launch_secret`). Raises :class:`WorkerPodError` (or ``PodTemplateError``) for a bad
+    command, template or override.
     """
     argv = _argv(command)
     pod_config = pod_config or TaskPodConfig()
@@ -104,7 +118,7 @@ def build_worker_pod(
     empty: Pod = {}
     pod = reduce(reconcile_pods, [_normalized(layer) for layer in layers if layer is not None], empty)
     pod = {"apiVersion": "v1", "kind": "Pod", **pod}
-    _apply_identity(pod, key, argv, kube_config)
+    _apply_identity(pod, key, argv, kube_config, tuple(secret_env))
     if not (base_container(pod) or {}).get("image"):
         raise WorkerPodError(
             f"no image for the {BASE_CONTAINER!r} container of task {key.dag_id}.{key.task_id}: set "
@@ -112,6 +126,32 @@ def build_worker_pod(
             "image, or set an image in executor_config"
         )
     return pod
+
+
+def build_launch_secret(key: TaskKey, values: Mapping[str, bytes], kube_config: KubeConfig) -> dict[str, Any]:
+    """The Secret (API JSON) holding a try's secret env values: named like its pod, labelled like it
+    (``kubectl get secret -l kbridge/instance=...`` finds them), annotated with the try's key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": create_pod_id(key),
+            "namespace": kube_config.namespace,
+            "labels": {**task_key_labels(key), **instance_labels(kube_config)},
+            "annotations": task_key_annotations(key),
+        },
+        "data": {name: base64.b64encode(value).decode("ascii") for name, value in values.items()},
+    }
+
+
+def launch_secret_of(pod: Mapping[str, Any]) -> str | None:
+    """The name of the pod's launch Secret, if it has one. It is always the pod's own name: an annotation
+    naming any other Secret was not written by the bridge, and is ignored."""
+    metadata = pod.get("metadata") or {}
+    name = metadata.get("name")
+    named = (metadata.get("annotations") or {}).get(LAUNCH_SECRET_ANNOTATION)
+    return name if isinstance(name, str) and name and named == name else None
 
 
 def reconcile_pods(base: Pod, override: Pod) -> Pod:
@@ -273,10 +313,13 @@ def _identity(entry: object, field: str) -> object:
     return entry.get(field) if isinstance(entry, Mapping) else None
 
 
-def _apply_identity(pod: Pod, key: TaskKey, argv: list[str], kube_config: KubeConfig) -> None:
+def _apply_identity(
+    pod: Pod, key: TaskKey, argv: list[str], kube_config: KubeConfig, secret_env: tuple[str, ...]
+) -> None:
     """Write the fields the bridge's tracking relies on, whatever the layers said."""
+    name = create_pod_id(key)
     metadata = pod.setdefault("metadata", {})
-    metadata["name"] = create_pod_id(key)
+    metadata["name"] = name
     metadata["namespace"] = kube_config.namespace
     metadata.pop("generateName", None)
     metadata["labels"] = {
@@ -284,7 +327,12 @@ def _apply_identity(pod: Pod, key: TaskKey, argv: list[str], kube_config: KubeCo
         **task_key_labels(key),
         **instance_labels(kube_config),
     }
-    metadata["annotations"] = {**metadata.get("annotations", {}), **task_key_annotations(key)}
+    annotations = {**metadata.get("annotations", {}), **task_key_annotations(key)}
+    # The watcher deletes the Secret this names: a layer naming another Secret must not survive.
+    annotations.pop(LAUNCH_SECRET_ANNOTATION, None)
+    if secret_env:
+        annotations[LAUNCH_SECRET_ANNOTATION] = name
+    metadata["annotations"] = annotations
     spec = pod.setdefault("spec", {})
     spec["restartPolicy"] = "Never"
     container = base_container(pod)
@@ -292,3 +340,10 @@ def _apply_identity(pod: Pod, key: TaskKey, argv: list[str], kube_config: KubeCo
         container = {"name": BASE_CONTAINER}
         spec["containers"] = [container]
     container["args"] = argv
+    if secret_env:
+        env = [entry for entry in container.get("env") or [] if _identity(entry, "name") not in secret_env]
+        env += [
+            {"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": variable}}}
+            for variable in secret_env
+        ]
+        container["env"] = env

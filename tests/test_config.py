@@ -246,6 +246,7 @@ SAMPLE_VALUES: dict[str, str] = {
     "dispatcher_lease_seconds": "30",
     "watcher_lease_seconds": "40",
     "record_ttl_seconds": "3600",
+    "launch_secret_ttl_seconds": "600",
 }
 # Options that are only valid together with another one.
 COMPANIONS = {
@@ -292,6 +293,13 @@ def test_every_option_can_be_set_from_the_environment(key: str, tmp_path: Path) 
         "the sample must differ from the default"
     )
     assert from_environment.as_dict() == from_settings.as_dict()
+
+
+def test_a_launch_secret_must_be_allowed_to_wait_at_least_a_second() -> None:
+    assert KubeConfig().launch_secret_ttl_seconds == 3600
+    with pytest.raises(ConfigError) as error:
+        KubeConfig({"bridge": {"launch_secret_ttl_seconds": "0"}})
+    assert error.value.problems == ["[bridge] launch_secret_ttl_seconds = '0': expected an integer 1..604800"]
 
 
 # section: (key, value in the file, value in the environment, parsed value from the environment)

@@ -241,7 +241,7 @@ def test_containers_run_as_the_images_non_root_user_without_privileges() -> None
 
 
 # The API calls of the kubernetes client, by method name: (resource, verb).
-_API_METHOD = re.compile(r"(create|read|list|delete|patch|replace)_namespaced_pod(_log|_status)?")
+_API_METHOD = re.compile(r"(create|read|list|delete|patch|replace)_namespaced_(pod|secret)(_log|_status)?")
 _VERBS = {
     "create": "create",
     "read": "get",
@@ -252,15 +252,26 @@ _VERBS = {
 }
 
 
-def needed_pod_permissions() -> set[tuple[str, str]]:
-    """Every (resource, verb) the production code (workers/, bridge/ except the simulator) asks of the API."""
+AIRFLOW_EXECUTOR = ROOT / "bridge" / "airflow_executor.py"  # runs in Airflow's processes, not the workers'
+
+
+def worker_sources() -> list[Path]:
+    """The code the workers run: workers/ and bridge/ (not the simulator, not the Airflow executor)."""
+    return [
+        path
+        for path in [*sorted((ROOT / "workers").glob("*.py")), *sorted((ROOT / "bridge").glob("*.py"))]
+        if path != AIRFLOW_EXECUTOR
+    ]
+
+
+def needed_permissions(sources: list[Path]) -> set[tuple[str, str]]:
+    """Every (resource, verb) of pods and Secrets that ``sources`` ask of the API."""
     needed = set()
-    sources = [*sorted((ROOT / "workers").glob("*.py")), *sorted((ROOT / "bridge").glob("*.py"))]
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Attribute) or not (match := _API_METHOD.fullmatch(node.attr)):
                 continue
-            resource = "pods" + (f"/{match.group(2).lstrip('_')}" if match.group(2) else "")
+            resource = f"{match.group(2)}s" + (f"/{match.group(3).lstrip('_')}" if match.group(3) else "")
             needed.add((resource, _VERBS[match.group(1)]))
         for node in ast.walk(ast.parse(path.read_text())):
             # list_namespaced_pod(watch=True), or the method handed to kubernetes.watch.Watch().stream
@@ -277,11 +288,7 @@ def needed_pod_permissions() -> set[tuple[str, str]]:
     return needed
 
 
-def test_the_role_grants_exactly_what_the_workers_call() -> None:
-    needed = needed_pod_permissions()
-    assert ("pods", "create") in needed  # the scan found the dispatcher's calls
-    assert ("pods", "watch") in needed  # and the watcher's
-    role = _one("Role")
+def _granted(role: dict[str, Any]) -> set[tuple[str, str]]:
     granted = set()
     for rule in role["rules"]:
         assert rule["apiGroups"] == [""]
@@ -290,16 +297,37 @@ def test_the_role_grants_exactly_what_the_workers_call() -> None:
             for verb in rule["verbs"]:
                 assert "*" not in (resource, verb)
                 granted.add((resource, verb))
-    assert granted == needed
+    return granted
+
+
+def test_the_role_grants_exactly_what_the_workers_call() -> None:
+    needed = needed_permissions(worker_sources())
+    assert ("pods", "create") in needed  # the scan found the dispatcher's calls
+    assert ("pods", "watch") in needed  # and the watcher's
+    assert ("secrets", "create") in needed  # and the launch Secrets
+    assert _granted(_one("Role", "kbridge-workers")) == needed
+
+
+def test_the_airflow_log_reader_role_grants_exactly_what_the_airflow_executor_calls() -> None:
+    needed = needed_permissions([AIRFLOW_EXECUTOR])
+    assert needed == {("pods/log", "get")}  # get_task_log; the executor itself never touches pods
+    role = _one("Role", "kbridge-airflow-log-reader")
+    assert _granted(role) == needed
+    binding = _one("RoleBinding", "kbridge-airflow-log-reader")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kbridge-airflow-log-reader",
+    }
 
 
 def test_the_role_is_bound_to_the_service_account_both_deployments_use() -> None:
     account = _one("ServiceAccount")["metadata"]["name"]
-    binding = _one("RoleBinding")
+    binding = _one("RoleBinding", "kbridge-workers")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
-        "name": _one("Role")["metadata"]["name"],
+        "name": _one("Role", "kbridge-workers")["metadata"]["name"],
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
     for deployment in _deployments().values():

@@ -7,7 +7,10 @@ SIGKILL mid-job (another dispatcher must requeue and launch that job within a co
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -28,6 +31,7 @@ from bridge.connection import redis_from_config
 from bridge.errors import UserInputError
 from bridge.executor_config import parse_executor_config
 from bridge.jobs import SERIALIZER, BridgeJob
+from bridge.kube_client import core_v1
 from bridge.protocol import (
     DELETE_POD,
     JOB_RESULT_TTL_SECONDS,
@@ -42,14 +46,14 @@ from bridge.protocol import (
     signature,
     utc_now,
 )
+from bridge.queue import TaskQueue
 from bridge.records import TryRecords
 from bridge.redis_server import RedisServer, free_loopback_port
 from bridge.sim.cluster import Simulator
 from bridge.task_key import TaskKey
-from bridge.worker_pod import build_worker_pod
+from bridge.worker_pod import build_launch_secret, build_worker_pod
 from tests.waiting import wait_until
 from workers.dispatcher import Dispatcher, DispatcherWorker, build_worker, main
-from workers.kube_client import core_v1
 from workers.reaper import Heartbeat
 
 QUEUE = "kbridge"
@@ -778,3 +782,207 @@ def test_a_launch_request_older_than_the_record_ttl_is_refused(
         assert (refused.state, refused.reason) == (TryState.FAILED, "Expired"), task
         assert text in refused.message
     assert {old, unstamped}.isdisjoint(pods(simulator))
+
+
+# --- launch secrets ----------------------------------------------------------------------------------------
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.per-try-workload-token.c2ln"
+SECRET_ENV = {"KBRIDGE_WORKLOAD_JSON": f'{{"token": "{TOKEN}"}}', "OTHER_TOKEN": "second secret value"}
+
+
+def enqueue_with_secret(
+    client: redis.Redis,
+    config: KubeConfig,
+    task: TaskKey,
+    *,
+    argv: tuple[str, ...] = ARGV,
+    pod_config: dict[str, Any] | None = None,
+) -> str:
+    """Enqueue as the executor does: rq job, try record and launch-secret hash in one script call."""
+    request = LaunchRequest(task, argv, QUEUE, pod_config or {}, utc_now(), tuple(SECRET_ENV))
+    queue = TaskQueue(client, KEYS, config)
+    [result] = queue.enqueue([queue.build(request, SECRET_ENV)])
+    assert result.fresh
+    return request.job_id
+
+
+def read_secret(simulator: Simulator, name: str) -> Any:
+    return api(simulator).read_namespaced_secret(name, "default")
+
+
+def secret_names(simulator: Simulator) -> list[str]:
+    return [secret.metadata.name for secret in api(simulator).list_namespaced_secret("default").items]
+
+
+def pod_json(simulator: Simulator, name: str) -> str:
+    return text(api(simulator).read_namespaced_pod(name, "default", _preload_content=False).data)
+
+
+def test_a_launch_with_secret_env_makes_a_secret_the_pod_owns_and_references(
+    bridge_config: ConfigFactory,
+    redis_client: redis.Redis,
+    simulator: Simulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = bridge_config()
+    job_id = enqueue_with_secret(redis_client, config, key())
+    run_burst(config)
+
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    pod = api(simulator).read_namespaced_pod(job_id, "default")
+    assert pod.metadata.annotations["kbridge/launch-secret"] == job_id
+    env = {variable.name: variable for variable in pod.spec.containers[0].env}
+    for name in SECRET_ENV:
+        assert env[name].value is None
+        assert (env[name].value_from.secret_key_ref.name, env[name].value_from.secret_key_ref.key) == (
+            job_id,
+            name,
+        )
+    for value in (
+        TOKEN,
+        "second secret value",
+        base64.b64encode(SECRET_ENV["OTHER_TOKEN"].encode()).decode(),
+    ):
+        assert value not in pod_json(simulator, job_id)
+
+    secret = read_secret(simulator, job_id)
+    decoded = {name: base64.b64decode(data).decode() for name, data in secret.data.items()}
+    assert decoded == SECRET_ENV
+    [owner] = secret.metadata.owner_references
+    assert (owner.api_version, owner.kind, owner.name, owner.uid) == ("v1", "Pod", job_id, pod.metadata.uid)
+    assert secret.metadata.labels == pod.metadata.labels  # kubectl get secret -l kbridge/instance=kbridge
+    assert not redis_client.exists(KEYS.launch_secret(job_id))  # used, so gone from Redis
+    assert TOKEN not in json.dumps(job_result(redis_client, job_id))
+    assert TOKEN not in caplog.text
+
+    api(simulator).delete_namespaced_pod(job_id, "default", grace_period_seconds=0)
+    wait_until(lambda: secret_names(simulator) == [], "the Secret to go with its pod", timeout=5)
+
+
+def test_a_process_pod_sees_its_secret_value_where_its_args_say_dollar_name(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    printer = "import hashlib, sys; print('sha256', hashlib.sha256(sys.argv[1].encode()).hexdigest())"
+    job_id = enqueue_with_secret(
+        redis_client,
+        config,
+        key(),
+        argv=(sys.executable, "-c", printer, "$(KBRIDGE_WORKLOAD_JSON)"),
+        pod_config={"pod_override": {"metadata": {"annotations": {"sim.kbridge.io/kubelet": "process"}}}},
+    )
+    run_burst(config)
+    wait_until(
+        lambda: api(simulator).read_namespaced_pod(job_id, "default").status.phase == "Succeeded",
+        "the pod to run",
+        timeout=30,
+    )
+    log = api(simulator).read_namespaced_pod_log(job_id, "default")
+    expected = hashlib.sha256(SECRET_ENV["KBRIDGE_WORKLOAD_JSON"].encode()).hexdigest()
+    assert log.strip() == f"sha256 {expected}"
+
+
+def test_a_launch_whose_secret_expired_fails_without_a_pod_or_a_secret(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(bridge={"launch_secret_ttl_seconds": "900"})
+    job_id = enqueue_with_secret(redis_client, config, key())
+    redis_client.delete(KEYS.launch_secret(job_id))  # what its TTL does to a launch that waited too long
+    run_burst(config)
+    failed = record(redis_client, key())
+    assert (failed.state, failed.reason) == (TryState.FAILED, "LaunchSecretExpired")
+    assert "waited longer than [bridge] launch_secret_ttl_seconds = 900" in failed.message
+    assert "Queue the task again" in failed.message
+    assert [(outcome.state, outcome.reason) for outcome in outcomes(redis_client)] == [
+        (TryState.FAILED, "LaunchSecretExpired")
+    ]
+    assert pods(simulator) == {}
+    assert secret_names(simulator) == []
+
+
+def test_a_launch_whose_secret_another_run_used_counts_as_launched(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    # Two runs of one job: the first created the Secret and the pod and deleted the hash; the second,
+    # requeued by a reaper, finds no hash but this try's pod.
+    config = bridge_config()
+    job_id = enqueue_with_secret(redis_client, config, key())
+    first = Dispatcher(config, redis_client, core_v1(config))
+    request = LaunchRequest(key(), ARGV, QUEUE, {}, utc_now(), tuple(SECRET_ENV))
+    assert first.launch(request.to_payload(None))["how"] == "created"
+    assert not redis_client.exists(KEYS.launch_secret(job_id))
+    redis_client.hset(KEYS.try_record(job_id), "state", "queued")  # as the second run read it, before
+    second = Dispatcher(config, redis_client, core_v1(config))
+    result = second.launch(request.to_payload(None))
+    assert (result["result"], result["how"]) == ("launched", "already existed")
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    assert list(pods(simulator)) == [job_id]
+    assert secret_names(simulator) == [job_id]
+
+
+def test_a_secret_left_by_an_earlier_run_gets_the_current_values(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    stale = build_launch_secret(key(), {"KBRIDGE_WORKLOAD_JSON": b"stale", "GONE": b"old"}, config)
+    api(simulator).create_namespaced_secret("default", stale)  # an earlier run died after creating it
+    job_id = enqueue_with_secret(redis_client, config, key())
+    run_burst(config)
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    secret = read_secret(simulator, job_id)
+    assert {name: base64.b64decode(data).decode() for name, data in secret.data.items()} == SECRET_ENV
+    assert (
+        secret.metadata.owner_references[0].uid
+        == api(simulator).read_namespaced_pod(job_id, "default").metadata.uid
+    )
+
+
+def test_a_secret_of_someone_else_holding_the_name_is_a_name_conflict(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    job_id = job_id_for(key())
+    api(simulator).create_namespaced_secret(
+        "default", {"metadata": {"name": job_id}, "stringData": {"password": "theirs"}}
+    )
+    enqueue_with_secret(redis_client, config, key())
+    run_burst(config)
+    failed = record(redis_client, key())
+    assert (failed.state, failed.reason) == (TryState.FAILED, "NameConflict")
+    assert f"Secret {job_id} already exists but is not a task Secret" in failed.message
+    assert pods(simulator) == {}
+    assert read_secret(simulator, job_id).data == {"password": base64.b64encode(b"theirs").decode()}
+
+
+def test_a_pod_the_api_server_rejects_takes_its_secret_along(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    bad_mount = {"containers": [{"name": "base", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}]}
+    job_id = enqueue_with_secret(
+        redis_client, config, key(), pod_config={"pod_override": {"spec": bad_mount}}
+    )
+    created: list[str] = []
+    simulator.store.subscribe(lambda kind, obj: created.append(obj["kind"]) if kind == "ADDED" else None)
+    run_burst(config)
+    failed = record(redis_client, key())
+    assert (failed.state, failed.reason) == (TryState.FAILED, "Rejected")
+    assert "HTTP 422" in failed.message
+    assert created == ["Secret"]  # it was made first, then the pod was refused ...
+    assert secret_names(simulator) == []  # ... and it was deleted
+    assert not redis_client.exists(KEYS.launch_secret(job_id))
+
+
+def test_a_revoked_launch_with_secret_env_leaves_no_secret_behind(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    # an earlier run created the Secret and died before the pod; then the try was revoked
+    api(simulator).create_namespaced_secret("default", build_launch_secret(key(), {"X": b"y"}, config))
+    job_id = enqueue_with_secret(redis_client, config, key())
+    TryRecords(redis_client, KEYS, 600).mark_revoked(job_id)
+    run_burst(config)
+    assert record(redis_client, key()).state is TryState.REVOKED
+    assert secret_names(simulator) == []
+    assert not redis_client.exists(KEYS.launch_secret(job_id))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+import bridge.cli
 import bridge.executor
 import bridge.results
 from bridge.config import KubeConfig
@@ -634,3 +635,156 @@ def test_outcomes_of_unknown_tries_are_kept_up_to_a_bound(
     assert second.clear_not_launched_queued_tasks(tasks) == []
     assert second.running == set(tasks)  # all adopted from their records ...
     assert events(second) == dict.fromkeys(tasks[1:], ("running", ""))  # ... the oldest outcome was dropped
+
+
+# --- secret env values -------------------------------------------------------------------------------------
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.the-workload-token.c2lnbmF0dXJl"
+
+
+def stored_text(client: redis.Redis) -> dict[str, str]:
+    """Every key of the database with everything it holds (names and values), as one text per key."""
+    untyped: Any = client  # redis-py types its replies as unions of everything a reply may be
+    found: dict[str, str] = {}
+    for raw_key in untyped.scan_iter():
+        name = raw_key.decode()
+        kind = untyped.type(name).decode()
+        if kind == "string":
+            parts = [untyped.get(name)]
+        elif kind == "hash":
+            parts = [item for pair in untyped.hgetall(name).items() for item in pair]
+        elif kind == "list":
+            parts = untyped.lrange(name, 0, -1)
+        elif kind == "set":
+            parts = list(untyped.smembers(name))
+        elif kind == "zset":
+            parts = untyped.zrange(name, 0, -1)
+        else:
+            parts = [item for _, fields in untyped.xrange(name) for pair in fields.items() for item in pair]
+        found[name] = "\n".join(part.decode(errors="replace") for part in parts)
+    return found
+
+
+def test_secret_env_values_are_only_ever_in_their_launch_secret_hash(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    executor = make_executor(redis_server)
+    command = ["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string", "$(WORKLOAD)"]
+    workload = f'{{"token": "{TOKEN}"}}'
+    executor.execute_async(key("secret"), command, secret_env={"WORKLOAD": workload})
+    executor.execute_async(key("plain"), COMMAND)
+    executor.sync()
+    job_id = job_id_for(key("secret"))
+    report(redis_client, key("secret"), TryState.LAUNCHED)
+    report(redis_client, key("secret"), TryState.FAILED, reason="Error", message="exit 1", exit_code=1)
+    executor.sync()
+    assert events(executor) == {key("secret"): ("failed", "Error")}
+
+    holding = {name for name, text in stored_text(redis_client).items() if TOKEN in text}
+    assert holding == {KEYS.launch_secret(job_id)}
+    assert text_hash(redis_client, KEYS.launch_secret(job_id)) == {"WORKLOAD": workload}
+    assert "$(WORKLOAD)" in text_hash(redis_client, Keys.rq_job(job_id))["data"]  # the command as given
+    config_file = tmp_path / "kbridge.cfg"
+    config_file.write_text(f"[bridge]\nredis_url = {redis_server.url}\n")
+    for args in ([], ["--json"], ["--task", "etl", "secret", "manual__2026-11-24", "--json"]):
+        assert bridge.cli.main(["status", "--config", str(config_file), *args]) == 0
+        output = capsys.readouterr().out
+        assert TOKEN not in output
+    assert '"task_id": "secret"' in output  # the last one did describe the try
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("secret_env", "expected"),
+    [
+        (
+            ["WORKLOAD", TOKEN],
+            "secret_env must be a mapping of environment variable name to string value, got list",
+        ),
+        ({"BAD-NAME": TOKEN}, "secret_env: a name 'BAD-NAME' is not a valid name (letters, digits and '_'"),
+        ({"1ST": TOKEN}, "secret_env: a name '1ST' is not a valid name"),
+        ({5: TOKEN}, "secret_env: a name must be a string, got int"),
+        ({"WORKLOAD": 5}, "secret_env['WORKLOAD'] must be a string, got int; pass the value as text"),
+        ({"WORKLOAD": TOKEN + "\ud800"}, "secret_env['WORKLOAD'] is not valid Unicode text"),
+        ({"WORKLOAD": TOKEN + "x" * 512 * 1024}, "more than the 524288 allowed (the pod's Secret is limited"),
+    ],
+    ids=["list", "dash", "digit", "not-a-string-name", "not-a-string-value", "surrogate", "too-big"],
+)
+def test_bad_secret_env_fails_only_that_task_naming_the_field_never_the_value(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    secret_env: Any,
+    expected: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    executor = make_executor(redis_server)
+    executor.execute_async(key("bad"), COMMAND, secret_env=secret_env)
+    executor.execute_async(key("good"), COMMAND, secret_env={"WORKLOAD": "fine"})
+    executor.sync()
+    (state, outcome) = executor.get_event_buffer()[key("bad")]
+    assert (state, outcome.reason) == ("failed", "InvalidTask")
+    assert expected in outcome.message
+    assert TOKEN not in outcome.message
+    assert TOKEN not in caplog.text
+    assert executor.running == {key("good")}
+    assert all(TOKEN not in text for text in stored_text(redis_client).values())
+
+
+def test_a_secret_env_of_exactly_the_limit_is_accepted(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    name = "WORKLOAD"
+    executor.execute_async(key("big"), COMMAND, secret_env={name: "x" * (512 * 1024 - len(name))})
+    executor.sync()
+    assert executor.running == {key("big")}
+    assert redis_client.hstrlen(KEYS.launch_secret(job_id_for(key("big"))), name) == 512 * 1024 - len(name)
+
+
+def test_revoke_without_report_never_puts_an_event_in_the_buffer(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    queued, launched, unsent = key("queued"), key("launched"), key("unsent")
+    executor.execute_async(queued, COMMAND)
+    executor.execute_async(launched, COMMAND)
+    executor.sync()
+    redis_client.lrem(QUEUE, 0, job_id_for(launched))  # a dispatcher took it and created the pod
+    report(redis_client, launched, TryState.LAUNCHED)
+    report(redis_client, launched, TryState.RUNNING)
+    executor.execute_async(unsent, COMMAND)
+    assert executor.revoke(queued, report=False)
+    assert executor.revoke(launched, report=False)
+    assert executor.revoke(unsent, report=False)
+    assert executor.running == set()  # at once
+    executor.sync()  # reads the revoked outcome the executor streamed itself, and the running one
+    report(redis_client, launched, TryState.REVOKED, reason="Revoked")  # the dispatcher deleted the pod
+    executor.sync()
+    assert executor.get_event_buffer() == {}
+    assert queued_ids(redis_client) == [f"{job_id_for(launched)}-delete"]  # unsent never reached Redis
+    # outcomes read meanwhile are kept as for an unknown try: an adoption would report them
+    assert executor.adopt([launched]) == []
+    assert events(executor) == {launched: ("failed", "Revoked")}
+
+
+def test_adopt_says_none_while_redis_is_unreachable_and_clear_says_nothing_was_decided(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    first = make_executor(redis_server)
+    first.execute_async(key("a"), COMMAND)
+    first.sync()
+    second = make_executor(redis_server)
+    redis_server.stop()
+    try:
+        assert second.adopt([key("a"), key("never")]) is None
+        assert second.clear_not_launched_queued_tasks([key("a"), key("never")]) == []
+    finally:
+        redis_server.start()
+    wait_until(lambda: second.adopt([key("a"), key("never")]) == [key("never")], "an answer after the outage")
+    assert second.running == {key("a")}

@@ -376,3 +376,10 @@ def test_pod_override_is_a_private_copy() -> None:
 
 def test_executor_config_error_is_a_user_input_error() -> None:
     assert issubclass(ExecutorConfigError, UserInputError)
+
+
+def test_a_v1pod_that_airflow_stored_as_text_gets_a_fix_not_a_shape_error() -> None:
+    text = str(k8s.V1Pod(metadata=k8s.V1ObjectMeta(labels={"team": "a"})))  # what Airflow 3.2 stores
+    with pytest.raises(ExecutorConfigError, match="apache-airflow-providers-cncf-kubernetes") as raised:
+        parse_executor_config({"pod_override": text})
+    assert "give pod_override as a dict" in str(raised.value)

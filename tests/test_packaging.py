@@ -54,6 +54,16 @@ def test_library_never_imports_workers_and_production_code_never_imports_the_sim
     assert offenders == []
 
 
+def test_only_the_airflow_executor_module_imports_airflow() -> None:
+    importers = {
+        str(path.relative_to(ROOT))
+        for folder in ("bridge", "workers")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if any(name.split(".")[0] == "airflow" for name in _imports_of(path))
+    }
+    assert importers == {"bridge/airflow_executor.py"}
+
+
 def test_kbridge_help_lists_commands() -> None:
     result = subprocess.run([KBRIDGE, "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

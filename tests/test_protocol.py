@@ -37,6 +37,7 @@ def test_keys_default_result_stream_and_prefix() -> None:
     assert keys.results == "blue:results"
     assert Keys("blue", "custom:stream").results == "custom:stream"
     assert keys.try_record("abc") == "blue:try:abc"
+    assert keys.launch_secret("abc") == "blue:launch-secret:abc"
     assert keys.watcher_leader("ns") == "blue:watcher:ns:leader"
 
 
@@ -45,6 +46,7 @@ def test_every_key_name_is_documented_in_the_table() -> None:
     patterns = " ".join(doc.pattern for doc in KEY_TABLE)
     for name in (
         keys.try_record("<job id>"),
+        keys.launch_secret("<job id>"),
         keys.in_flight,
         keys.results,
         keys.dispatchers,
@@ -65,6 +67,17 @@ def test_launch_request_round_trips_through_json(signing_key: str | None) -> Non
     payload = json.loads(json.dumps(request.to_payload(signing_key)))
     assert ("sig" in payload) is (signing_key is not None)
     assert LaunchRequest.from_payload(payload, signing_key) == request
+
+
+@pytest.mark.parametrize("signing_key", [None, SIGNING_KEY])
+def test_secret_env_names_travel_in_the_request_and_an_old_payload_has_none(signing_key: str | None) -> None:
+    request = LaunchRequest(KEY, ("true",), "q", secret_env=("KBRIDGE_WORKLOAD_JSON", "_B2"))
+    payload = json.loads(json.dumps(request.to_payload(signing_key)))
+    assert payload["secret_env"] == ["KBRIDGE_WORKLOAD_JSON", "_B2"]
+    assert LaunchRequest.from_payload(payload, signing_key) == request
+    old = LaunchRequest(KEY, ("true",), "q").to_payload(signing_key)
+    assert "secret_env" not in old  # a request without secrets is exactly what it was before
+    assert LaunchRequest.from_payload(old, signing_key).secret_env == ()
 
 
 def test_a_tampered_launch_request_is_refused() -> None:
@@ -90,6 +103,11 @@ def test_an_unsigned_request_is_refused_when_a_key_is_configured() -> None:
         ({"pod_config": []}, "'pod_config'"),
         ({"key": {"dag_id": "d"}}, "'key'"),
         ({"key": "not an object"}, "'key'"),
+        ({"secret_env": "TOKEN"}, "'secret_env' must be list"),
+        ({"secret_env": ["OK", 5]}, "'secret_env': a name must be a string, got int"),
+        ({"secret_env": ["BAD-NAME"]}, "'secret_env': a name 'BAD-NAME' is not a valid name"),
+        ({"secret_env": ["1ST"]}, "'secret_env': a name '1ST' is not a valid name"),
+        ({"secret_env": ["A", "A"]}, "'secret_env' names a variable twice"),
     ],
 )
 def test_malformed_launch_requests_name_the_field(change: dict[str, Any], field: str) -> None:

@@ -388,3 +388,116 @@ def test_revoking_a_requeued_try_that_a_dispatcher_ran_also_deletes_its_pod(
     assert (record.state, record.revoked) == (TryState.REVOKED, True)
     run_worker(redis_client)
     assert calls == [DeleteRequest(KEY, "ns").to_payload(None)]
+
+
+# --- launch secrets ----------------------------------------------------------------------------------------
+
+TOKEN = "eyJhbGciOi.secret-token.sig"
+SECRET_ENV = {"KBRIDGE_WORKLOAD_JSON": f'{{"token": "{TOKEN}"}}', "OTHER": "second value"}
+
+
+def secret_request(key: TaskKey = KEY, queue: str = QUEUE) -> LaunchRequest:
+    return LaunchRequest(
+        key, ("python", "-c", "pass"), queue, {}, "2026-11-24T00:00:00.000+00:00", tuple(SECRET_ENV)
+    )
+
+
+def test_a_launch_secret_is_written_with_its_ttl_in_the_same_call_and_never_in_the_job(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    client = counting_client(redis_server)
+    queue = task_queue(client, launch_secret_ttl_seconds="120")
+    queue.enqueue([queue.build(request(TaskKey("warm", "up", "run")))])  # connects, loads the script
+    plain = TaskKey("etl", "plain", "run")
+    prepared = [queue.build(secret_request(), SECRET_ENV), queue.build(request(plain))]
+    assert TOKEN not in repr(prepared)  # a PreparedJob in a log line or traceback shows no value
+    CountingConnection.sends = 0
+    assert flags(queue.enqueue(prepared)) == [True, True]
+    assert CountingConnection.sends == 1
+    job_id = job_id_for(KEY)
+    assert text_hash(redis_client, KEYS.launch_secret(job_id)) == SECRET_ENV
+    assert 110 < redis_client.ttl(KEYS.launch_secret(job_id)) <= 120
+    assert not redis_client.exists(KEYS.launch_secret(job_id_for(plain)))  # no secret, no key
+    job = text_hash(redis_client, Keys.rq_job(job_id))
+    assert json.loads(job["data"])[2][0]["secret_env"] == ["KBRIDGE_WORKLOAD_JSON", "OTHER"]
+    for key in (Keys.rq_job(job_id), KEYS.try_record(job_id)):
+        assert all(
+            "secret-token" not in value and "second value" not in value
+            for value in text_hash(redis_client, key).values()
+        )
+    with pytest.raises(ValueError, match="exactly the names"):
+        queue.build(secret_request(), {"KBRIDGE_WORKLOAD_JSON": "only one"})
+    client.close()
+
+
+def test_a_duplicate_refreshes_the_launch_secret_only_while_its_job_waits_for_a_dispatcher(
+    redis_client: redis.Redis,
+) -> None:
+    queue = task_queue(redis_client)
+    job_id = job_id_for(KEY)
+    secret_key = KEYS.launch_secret(job_id)
+    queue.enqueue([queue.build(secret_request(), SECRET_ENV)])
+    redis_client.expire(secret_key, 5)
+    fresher = {"KBRIDGE_WORKLOAD_JSON": "fresher token", "OTHER": "fresher"}
+    assert flags(queue.enqueue([queue.build(secret_request(), fresher)])) == [False]  # a scheduler restart
+    assert text_hash(redis_client, secret_key) == fresher
+    assert redis_client.ttl(secret_key) > 5  # and a full TTL again
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id.encode()]  # still one job
+
+    # a dispatcher started the job and used the values: a duplicate brings none back
+    redis_client.hset(Keys.rq_job(job_id), "status", "started")
+    redis_client.delete(secret_key)
+    assert flags(queue.enqueue([queue.build(secret_request(), fresher)])) == [False]
+    assert not redis_client.exists(secret_key)
+    # nor once the try is launched, nor once it is revoked
+    redis_client.hset(Keys.rq_job(job_id), "status", "queued")
+    TryRecords(redis_client, KEYS, 600).advance(TryRecord(KEY, TryState.LAUNCHED, pod=job_id, namespace="ns"))
+    assert flags(queue.enqueue([queue.build(secret_request(), fresher)])) == [False]
+    assert not redis_client.exists(secret_key)
+    other = TaskKey("etl", "other", "run")
+    queue.enqueue([queue.build(secret_request(other), SECRET_ENV)])
+    TryRecords(redis_client, KEYS, 600).mark_revoked(job_id_for(other))
+    redis_client.delete(KEYS.launch_secret(job_id_for(other)))
+    assert flags(queue.enqueue([queue.build(secret_request(other), fresher)])) == [False]
+    assert not redis_client.exists(KEYS.launch_secret(job_id_for(other)))
+
+
+def test_a_never_launched_try_enqueued_again_gets_the_new_values_or_none(redis_client: redis.Redis) -> None:
+    queue = task_queue(redis_client)
+    job_id = job_id_for(KEY)
+    queue.enqueue([queue.build(secret_request(), SECRET_ENV)])
+    redis_client.lpop(Keys.rq_queue(QUEUE))
+    redis_client.hset(
+        Keys.rq_job(job_id), "status", "failed"
+    )  # never launched: the scheduler queues it again
+    fresher = {"KBRIDGE_WORKLOAD_JSON": "fresher token", "OTHER": "fresher"}
+    assert flags(queue.enqueue([queue.build(secret_request(), fresher)])) == [True]
+    assert text_hash(redis_client, KEYS.launch_secret(job_id)) == fresher
+    redis_client.lpop(Keys.rq_queue(QUEUE))
+    redis_client.hset(Keys.rq_job(job_id), "status", "failed")
+    assert flags(queue.enqueue([queue.build(request())])) == [True]  # now without secrets: the old ones go
+    assert not redis_client.exists(KEYS.launch_secret(job_id))
+
+
+def test_a_launch_secret_key_of_another_type_refuses_the_job(redis_client: redis.Redis) -> None:
+    queue = task_queue(redis_client)
+    redis_client.set(KEYS.launch_secret(job_id_for(KEY)), "junk")
+    (refused,) = queue.enqueue([queue.build(secret_request(), SECRET_ENV)])
+    assert refused.status is EnqueueStatus.REFUSED
+    assert "launch-secret" in refused.message
+    assert not redis_client.exists(Keys.rq_job(job_id_for(KEY)))
+
+
+@pytest.mark.parametrize("launched", [False, True], ids=["dequeued", "delete-queued"])
+def test_revoking_a_try_deletes_its_launch_secret(redis_client: redis.Redis, launched: bool) -> None:
+    queue = task_queue(redis_client)
+    job_id = job_id_for(KEY)
+    queue.enqueue([queue.build(secret_request(), SECRET_ENV)])
+    if launched:  # a dispatcher took the job and has not deleted the values yet
+        redis_client.delete(Keys.rq_queue(QUEUE))
+        TryRecords(redis_client, KEYS, 600).advance(
+            TryRecord(KEY, TryState.LAUNCHED, pod=job_id, namespace="ns")
+        )
+    result = queue.revoke(KEY, "ns")
+    assert result.action is (RevokeAction.DELETE_QUEUED if launched else RevokeAction.DEQUEUED)
+    assert not redis_client.exists(KEYS.launch_secret(job_id))

@@ -25,15 +25,15 @@ import redis
 
 from bridge.config import KubeConfig
 from bridge.executor_config import parse_executor_config
+from bridge.kube_client import core_v1
 from bridge.protocol import TERMINAL_STATES, Keys, Outcome, TryRecord, TryState, job_id_for
 from bridge.records import TryRecords
 from bridge.redis_server import RedisServer
 from bridge.sim.cluster import Simulator
 from bridge.sim.kubeconfig import write_kubeconfig
 from bridge.task_key import TaskKey
-from bridge.worker_pod import build_worker_pod
+from bridge.worker_pod import LAUNCH_SECRET_ANNOTATION, build_launch_secret, build_worker_pod
 from tests.waiting import wait_until
-from workers.kube_client import core_v1
 from workers.watcher import DONE_LABEL, Watcher
 
 pytestmark = pytest.mark.timeout(60)
@@ -715,3 +715,42 @@ def test_a_slow_pod_deletion_does_not_hold_up_other_outcomes(cluster: Cluster) -
         assert cluster.outcomes()[second][-1] == ("failed", "Error", 4)
         api.release.set()
         wait_until(lambda: first not in cluster.pods(), "the first pod to be deleted")
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "deleted"])
+def test_a_finished_pods_launch_secret_is_deleted_and_no_other_secret(
+    bridge_config: MakeConfig, redis_client: redis.Redis, keep: bool
+) -> None:
+    config = fast_config(bridge_config, delete_worker_pods=str(not keep))
+    cluster = Cluster(config, redis_client)
+    secret_name = "airflow-db"
+    cluster.api.create_namespaced_secret(
+        NAMESPACE, {"metadata": {"name": secret_name}, "stringData": {"k": "v"}}
+    )
+    jobs = []
+    for task in ("own", "forged"):
+        key = TaskKey("dag", task, "run")
+        pod = build_worker_pod(key, ["true"], None, config, secret_env=("TOKEN",))
+        if task == "forged":  # an annotation naming any Secret but the pod's own is not the bridge's
+            pod["metadata"]["annotations"][LAUNCH_SECRET_ANNOTATION] = secret_name
+            pod["spec"]["containers"][0]["env"] = []
+        else:
+            cluster.api.create_namespaced_secret(NAMESPACE, build_launch_secret(key, {"TOKEN": b"t"}, config))
+        cluster.records.advance(TryRecord(key, TryState.QUEUED, queue="default"))
+        cluster.api.create_namespaced_pod(NAMESPACE, pod)
+        cluster.records.advance(TryRecord(key, TryState.LAUNCHED, pod=job_id_for(key), namespace=NAMESPACE))
+        jobs.append(job_id_for(key))
+    with watching(config):
+        cluster.wait_finished(*jobs)
+        wait_until(
+            lambda: (
+                [secret.metadata.name for secret in cluster.api.list_namespaced_secret(NAMESPACE).items]
+                == [secret_name]
+            ),
+            "the finished pod's launch Secret to be deleted",
+        )
+        wait_until(
+            lambda: set(cluster.pods()) == (set(jobs) if keep else set()), "the pods to be kept or deleted"
+        )
+    if keep:
+        assert all(labels.get(DONE_LABEL) == "true" for labels in cluster.pods().values())

@@ -7,6 +7,7 @@ through the real client over HTTP against the pod-API simulator.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -27,9 +28,12 @@ from bridge.pod_template import PodTemplateError
 from bridge.task_key import TaskKey
 from bridge.worker_pod import (
     INSTANCE_LABEL,
+    LAUNCH_SECRET_ANNOTATION,
     WorkerPodError,
+    build_launch_secret,
     build_worker_pod,
     instance_selector,
+    launch_secret_of,
     reconcile_pods,
 )
 from tests.test_config import SAMPLE_VALUES, sample_files, sample_settings
@@ -599,6 +603,64 @@ def test_secrets_are_referenced_never_copied_into_the_pod() -> None:
     for name, (secret_name, key) in references.items():
         assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
     assert {"name": "gcp-service-account-key", "secret": {"secretName": "gcp-key"}} in pod["spec"]["volumes"]
+
+
+def test_secret_env_becomes_references_to_the_pods_own_secret_and_wins_over_every_layer(
+    tmp_path: Path, api_client: ApiClient
+) -> None:
+    template = {
+        "spec": {"containers": [{"name": "base", "env": [{"name": "TOKEN", "value": "from-template"}]}]}
+    }
+    config = kube_config(
+        kubernetes={"pod_template_file": write_template(tmp_path, template)},
+        kubernetes_environment_variables={"PLAIN": "x"},
+    )
+    override = {
+        "metadata": {
+            "annotations": {LAUNCH_SECRET_ANNOTATION: "airflow-db"}
+        },  # would make the watcher delete it
+        "spec": {"containers": [{"name": "base", "env": [{"name": "WORKLOAD", "value": "from-override"}]}]},
+    }
+    pod = build_worker_pod(
+        KEY,
+        COMMAND,
+        parse_executor_config({"pod_override": override}),
+        config,
+        secret_env=("TOKEN", "WORKLOAD"),
+    )
+    assert_valid(pod, api_client)
+    name = pod["metadata"]["name"]
+    env = env_of(pod)
+    for variable in ("TOKEN", "WORKLOAD"):
+        assert env[variable] == {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": name, "key": variable}},
+        }
+    assert env["PLAIN"] == {"name": "PLAIN", "value": "x"}
+    assert "from-" not in json.dumps(pod)
+    assert pod["metadata"]["annotations"][LAUNCH_SECRET_ANNOTATION] == name
+    assert launch_secret_of(pod) == name
+
+    without = build_worker_pod(KEY, COMMAND, parse_executor_config({"pod_override": override}), config)
+    assert LAUNCH_SECRET_ANNOTATION not in without["metadata"]["annotations"]  # no layer can set it
+    assert launch_secret_of(without) is None
+    assert env_of(without)["TOKEN"] == {"name": "TOKEN", "value": "from-template"}
+    forged = {"metadata": {"name": name, "annotations": {LAUNCH_SECRET_ANNOTATION: "airflow-db"}}}
+    assert launch_secret_of(forged) is None  # only ever the pod's own name
+
+
+def test_the_launch_secret_is_named_labelled_and_annotated_like_its_pod() -> None:
+    config = kube_config()
+    raw = "tökén\n".encode()
+    secret = build_launch_secret(KEY, {"TOKEN": raw}, config)
+    pod = build(config=config)
+    assert secret["metadata"]["name"] == pod["metadata"]["name"]
+    assert secret["metadata"]["namespace"] == pod["metadata"]["namespace"]
+    assert secret["metadata"]["labels"] == pod["metadata"]["labels"]  # kubectl get secret -l ... finds them
+    assert secret["metadata"]["annotations"] == pod["metadata"]["annotations"]
+    assert (secret["kind"], secret["type"], list(secret["data"])) == ("Secret", "Opaque", ["TOKEN"])
+    assert base64.b64decode(secret["data"]["TOKEN"], validate=True) == raw
+    kubernetes_validate.validate(secret, "1.37.0", strict=True)
 
 
 # --- any task key gives a valid pod -------------------------------------------------------------------------

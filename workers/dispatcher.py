@@ -18,7 +18,13 @@ a per-queue intermediate list), a started registry, warm shutdown on SIGTERM and
 * one deadline per job (``dispatch_deadline_seconds`` from its start) for every API call and Redis retry;
 * a request older than ``record_ttl_seconds`` is refused ("Expired"): replayed after its try record expired,
   it would launch the try again; and a pod created for a try that is already finished (two runs of one
-  job raced) is deleted at once.
+  job raced) is deleted at once;
+* secret env values (a request's ``secret_env`` names, their values in the launch-secret hash) reach the
+  pod through a Secret named like it, created *before* the pod (a pod whose secretKeyRef is missing shows
+  ``CreateContainerConfigError``, which the watcher treats as fatal), then owned by the pod so Kubernetes
+  deletes it with the pod. The hash is deleted once the job has answered; a hash already gone fails the try
+  ("LaunchSecretExpired") unless its pod exists, i.e. another run of the job launched it. Values are never
+  logged nor put in a message, a record or the job result.
 
 Every try moves through :class:`bridge.records.TryRecords` only: ``queued`` → ``launched`` here (or
 ``failed``/``revoked``, streamed to the executor with ``source="dispatcher"``); the watcher does the rest.
@@ -60,6 +66,7 @@ from bridge.connection import redis_from_config
 from bridge.errors import UserInputError
 from bridge.executor_config import parse_executor_config
 from bridge.jobs import SERIALIZER, UnknownJobFunction, job_class_with
+from bridge.kube_client import backoff_seconds, core_v1, request_args
 from bridge.naming import task_key_from_annotations
 from bridge.protocol import (
     DELETE_POD,
@@ -72,12 +79,12 @@ from bridge.protocol import (
     Outcome,
     TryRecord,
     TryState,
+    decode_text,
     job_id_for,
 )
 from bridge.records import TryRecords
 from bridge.task_key import TaskKey, TaskKeyError
-from bridge.worker_pod import INSTANCE_LABEL, build_worker_pod
-from workers.kube_client import backoff_seconds, core_v1, request_args
+from bridge.worker_pod import INSTANCE_LABEL, build_launch_secret, build_worker_pod, launch_secret_of
 from workers.reaper import Heartbeat, Reaper, heartbeat_age, requeue_own_job
 
 log = logging.getLogger(__name__)
@@ -195,7 +202,7 @@ class _PastDeadline(stop_base):
 class Dispatcher:
     """The two job functions (:meth:`launch`, :meth:`delete`) and the policy they share.
 
-    ``api`` is a ``CoreV1Api`` (see :func:`workers.kube_client.core_v1`). ``sleep`` and ``clock`` exist for
+    ``api`` is a ``CoreV1Api`` (see :func:`bridge.kube_client.core_v1`). ``sleep`` and ``clock`` exist for
     tests that check the retry policy without waiting.
     """
 
@@ -214,9 +221,8 @@ class Dispatcher:
         self._sleep = sleep
         self._clock = clock
         self._namespace = config.namespace
-        self._records = TryRecords(
-            redis, Keys(config.key_prefix, config.result_stream), config.record_ttl_seconds
-        )
+        self._keys = Keys(config.key_prefix, config.result_stream)
+        self._records = TryRecords(redis, self._keys, config.record_ttl_seconds)
         self._request_args = request_args(config)
         # Told about every Redis error a job rides out (the worker quiets its reaper: heartbeats are stale).
         self.on_redis_error: Callable[[], None] = lambda: None
@@ -252,8 +258,12 @@ class Dispatcher:
         if expired is not None:  # a try whose record is gone gets no new one: it was never launched here
             log.error("refused launch job %s: %s", request.job_id, expired)
             self.fail_queued(request.job_id, "Expired", expired, deadline=deadline)
-            return {"job_id": request.job_id, "result": "failed", "reason": "Expired", "message": expired}
-        return self._launch(request, deadline)
+            result = {"job_id": request.job_id, "result": "failed", "reason": "Expired", "message": expired}
+        else:
+            result = self._launch(request, deadline)
+        if request.secret_env:  # whatever the answer, the values are of no more use in Redis
+            self._with_redis(self._redis.delete, self._keys.launch_secret(request.job_id), deadline=deadline)
+        return result
 
     def _expiry_problem(self, request: LaunchRequest) -> str | None:
         """Why a request is too old to act on: once its try record has expired, a replayed request (signed
@@ -280,10 +290,11 @@ class Dispatcher:
 
     def _launch(self, request: LaunchRequest, deadline: float) -> dict[str, Any]:
         key, name = request.key, request.job_id
+        secret = bool(request.secret_env)
         record = self._with_redis(self._records.get, name, deadline=deadline)
         if record is not None and record.revoked:
             # an earlier run of this job (requeued by a reaper) may have created the pod: look for it
-            return self._revoke(key, "revoked before its pod was created", deadline)
+            return self._revoke(key, "revoked before its pod was created", deadline, secret=secret)
         if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
             log.info("job %s: skipped, the try is already %s", name, record.state.value)
             return {"job_id": name, "result": "skipped", "state": record.state.value}
@@ -293,12 +304,15 @@ class Dispatcher:
             return self._fail(key, "InvalidPodSpec", str(exc), deadline)
         started = self._clock()
         try:
-            how = self._create(pod, key, deadline)
+            if secret:
+                how = self._create_with_secret(request, pod, deadline)
+            else:
+                how, _ = self._create(pod, key, deadline)
         except DispatchRejected as exc:
             return self._fail(key, exc.reason, exc.message, deadline)
         latest = self._with_redis(self._records.get, name, deadline=deadline)
         if latest is not None and latest.revoked:  # revoked while we were creating it: take it back
-            return self._revoke(key, "revoked while its pod was being created", deadline)
+            return self._revoke(key, "revoked while its pod was being created", deadline, secret=secret)
         if latest is not None and latest.terminal and how == "created":
             # Another run of this job launched the try, its pod finished and was deleted, and this run
             # then created the name again: a second pod for a finished try must not run.
@@ -309,7 +323,7 @@ class Dispatcher:
                 latest.state.value,
             )
             try:
-                gone = self._delete_pod(name, key, deadline)
+                gone = self._delete_pod(name, key, deadline, secret=secret)
             except DispatchRejected as exc:
                 log.error("job %s: could not delete the duplicate pod %s: %s", name, name, exc.message)
                 gone = f"could not be deleted: {exc.message}"
@@ -323,8 +337,9 @@ class Dispatcher:
         log.info("job %s: pod %s %s in %.0f ms (%s)", name, name, how, elapsed_ms, _key_text(key))
         return {"job_id": name, "result": "launched", "pod": name, "namespace": self._namespace, "how": how}
 
-    def _create(self, pod: dict[str, Any], key: TaskKey, deadline: float) -> str:
-        """Create ``pod``; "created" or "already existed" (this try's pod), else :class:`DispatchRejected`."""
+    def _create(self, pod: dict[str, Any], key: TaskKey, deadline: float) -> tuple[str, str | None]:
+        """Create ``pod``: ("created" or "already existed" (this try's pod), its uid if known), else
+        :class:`DispatchRejected`."""
         name = pod["metadata"]["name"]
         try:
             response = self._call(
@@ -340,8 +355,7 @@ class Dispatcher:
                     "Rejected", f"the API server rejected pod {name} (HTTP {exc.status}): {_api_message(exc)}"
                 ) from None
         else:
-            _read_json(response)
-            return "created"
+            return "created", _uid(_read_json(response))
         return self._check_existing(name, key, deadline)
 
     def _read_pod(self, name: str, deadline: float) -> Any:
@@ -355,8 +369,8 @@ class Dispatcher:
             )
         )
 
-    def _check_existing(self, name: str, key: TaskKey, deadline: float) -> str:
-        """A 409: launched if the pod that holds the name is this try's, else a NameConflict.
+    def _check_existing(self, name: str, key: TaskKey, deadline: float) -> tuple[str, str | None]:
+        """A 409: launched (and the pod's uid) if the pod holding the name is this try's, else NameConflict.
 
         The name is fixed per try, so a pod that cannot be read (the API is failing) is taken for this
         try's: failing the try would leave its pod running unrecorded. Only a pod shown to belong to
@@ -365,13 +379,13 @@ class Dispatcher:
         try:
             pod = self._read_pod(name, deadline)
         except DispatchRejected as exc:
-            return self._unverified(name, exc.message)
+            return self._unverified(name, exc.message), None
         except ApiException as exc:
             if exc.status != 404:
-                return self._unverified(name, _describe(exc))
+                return self._unverified(name, _describe(exc)), None
             record = self._with_redis(self._records.get, name, deadline=deadline)
             if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
-                return "already existed"
+                return "already existed", None
             raise DispatchRejected(
                 "NameConflict",
                 f"pod {name} existed when this try was launched but was deleted before it could be checked; "
@@ -380,7 +394,7 @@ class Dispatcher:
         problem = _ownership_problem(pod, key, self._config.key_prefix)
         if problem is not None:
             raise DispatchRejected("NameConflict", problem)
-        return "already existed"
+        return "already existed", _uid(pod)
 
     @staticmethod
     def _unverified(name: str, why: str) -> str:
@@ -391,6 +405,164 @@ class Dispatcher:
             why,
         )
         return "already existed (owner not verified)"
+
+    # the launch Secret
+
+    def _create_with_secret(self, request: LaunchRequest, pod: dict[str, Any], deadline: float) -> str:
+        """Create the try's Secret from its launch-secret hash, then its pod, then make the pod own the
+        Secret; "created" or "already existed" as :meth:`_create`, else :class:`DispatchRejected`."""
+        key, name = request.key, request.job_id
+        values = self._with_redis(self._launch_secret_values, name, deadline=deadline)
+        if all(variable in values for variable in request.secret_env):
+            secret = build_launch_secret(
+                key, {variable: values[variable] for variable in request.secret_env}, self._config
+            )
+            self._put_secret(secret, key, deadline)
+            try:
+                how, uid = self._create(pod, key, deadline)
+            except DispatchRejected:
+                self._delete_secret(name, deadline)  # no pod will ever read it
+                raise
+        else:
+            how, uid = self._launched_without_secret(request, deadline)
+        if uid is None:
+            log.warning(
+                "job %s: the uid of pod %s is unknown, so Secret %s is not owned by it; the watcher deletes "
+                "the Secret once the pod ends",
+                name,
+                name,
+                name,
+            )
+        else:
+            self._own_secret(name, uid, deadline)
+        return how
+
+    def _launch_secret_values(self, job_id: str) -> dict[str, bytes]:
+        raw: Mapping[Any, Any] = self._redis.hgetall(self._keys.launch_secret(job_id))
+        return {
+            decode_text(variable, replace=True): value if isinstance(value, bytes) else str(value).encode()
+            for variable, value in raw.items()
+        }
+
+    def _launched_without_secret(self, request: LaunchRequest, deadline: float) -> tuple[str, str | None]:
+        """The launch-secret hash is gone: launched (the pod's uid) if this try's pod exists, which another
+        run of this job created before deleting the hash; else the values expired and the try fails."""
+        name = request.job_id
+        try:
+            pod = self._read_pod(name, deadline)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise DispatchRejected("Rejected", f"pod {name} cannot be read: {_describe(exc)}") from None
+            self._delete_secret(name, deadline)  # an earlier run may have made it before it died
+            ttl = self._config.launch_secret_ttl_seconds
+            raise DispatchRejected(
+                "LaunchSecretExpired",
+                f"the secret env values of this try ({', '.join(request.secret_env)}) are no longer in "
+                f"Redis: the launch waited longer than [bridge] launch_secret_ttl_seconds = {ttl} for a "
+                "dispatcher, or its values were already used; no pod was created. Queue the task again (it "
+                "brings fresh values), and if launches often wait this long, add dispatchers or raise "
+                "launch_secret_ttl_seconds",
+            ) from None
+        problem = _ownership_problem(pod, request.key, self._config.key_prefix)
+        if problem is not None:
+            raise DispatchRejected("NameConflict", problem)
+        return "already existed", _uid(pod)
+
+    def _put_secret(self, secret: dict[str, Any], key: TaskKey, deadline: float) -> None:
+        """Create the Secret; one of this try's left by an earlier run of the job gets the current values."""
+        name = secret["metadata"]["name"]
+        try:
+            _read_json(
+                self._call(
+                    f"create Secret {name}",
+                    lambda args: self._api.create_namespaced_secret(
+                        self._namespace, secret, _preload_content=False, **args
+                    ),
+                    deadline,
+                )
+            )
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise DispatchRejected(
+                    "Rejected",
+                    f"the API server rejected Secret {name} (HTTP {exc.status}): {_api_message(exc)}",
+                ) from None
+        try:
+            existing = _read_json(
+                self._call(
+                    f"read Secret {name}",
+                    lambda args: self._api.read_namespaced_secret(
+                        name, self._namespace, _preload_content=False, **args
+                    ),
+                    deadline,
+                )
+            )
+            problem = _ownership_problem(existing, key, self._config.key_prefix, kind="Secret")
+            if problem is not None:
+                raise DispatchRejected("NameConflict", problem)
+            replace_data = [{"op": "add", "path": "/data", "value": secret["data"]}]
+            _read_json(
+                self._call(
+                    f"update Secret {name}",
+                    lambda args: self._api.patch_namespaced_secret(
+                        name, self._namespace, replace_data, _preload_content=False, **args
+                    ),
+                    deadline,
+                )
+            )
+        except ApiException as exc:
+            raise DispatchRejected(
+                "Rejected", f"Secret {name} exists and could not be updated: {_describe(exc)}"
+            ) from None
+
+    def _own_secret(self, name: str, uid: str, deadline: float) -> None:
+        """Make pod ``name`` (``uid``) the owner of its Secret, so that deleting the pod deletes the Secret.
+
+        A failure is only logged: the pod runs, and the watcher deletes the Secret once the pod ends.
+        """
+        owner = [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
+        patch = [{"op": "add", "path": "/metadata/ownerReferences", "value": owner}]
+        try:
+            _read_json(
+                self._call(
+                    f"set the owner of Secret {name}",
+                    lambda args: self._api.patch_namespaced_secret(
+                        name, self._namespace, patch, _preload_content=False, **args
+                    ),
+                    deadline,
+                )
+            )
+        except DispatchRejected as exc:
+            log.warning("job %s: %s; the watcher deletes the Secret once the pod ends", name, exc.message)
+        except ApiException as exc:
+            if exc.status != 404:  # 404: the pod ended already and the watcher deleted it
+                log.warning(
+                    "job %s: could not make pod %s own Secret %s (%s); the watcher deletes it once the pod "
+                    "ends",
+                    name,
+                    name,
+                    name,
+                    _describe(exc),
+                )
+
+    def _delete_secret(self, name: str, deadline: float) -> None:
+        """Delete the try's Secret (404 is fine); a failure is logged, it never fails the job."""
+        try:
+            _read_json(
+                self._call(
+                    f"delete Secret {name}",
+                    lambda args: self._api.delete_namespaced_secret(
+                        name, self._namespace, _preload_content=False, **args
+                    ),
+                    deadline,
+                )
+            )
+        except DispatchRejected as exc:
+            log.error("job %s: could not delete Secret %s: %s", name, name, exc.message)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.error("job %s: could not delete Secret %s: %s", name, name, _describe(exc))
 
     # delete
 
@@ -411,10 +583,10 @@ class Dispatcher:
             return {"result": "failed", "reason": "InvalidMessage", "message": str(exc)}
         return self._revoke(request.key, request.reason, deadline)
 
-    def _revoke(self, key: TaskKey, why: str, deadline: float) -> dict[str, Any]:
+    def _revoke(self, key: TaskKey, why: str, deadline: float, *, secret: bool = False) -> dict[str, Any]:
         name = job_id_for(key)
         try:
-            message = f"{why}; pod {name} {self._delete_pod(name, key, deadline)}"
+            message = f"{why}; pod {name} {self._delete_pod(name, key, deadline, secret=secret)}"
         except DispatchRejected as exc:  # the executor asked to stop: it is told, and so is the operator
             log.error("job %s: could not delete pod %s: %s", name, name, exc.message)
             message = f"{why}; pod {name} could not be deleted: {exc.message}"
@@ -431,13 +603,18 @@ class Dispatcher:
         log.info("job %s: revoked (%s)", name, message)
         return {"job_id": name, "result": "revoked", "message": message}
 
-    def _delete_pod(self, name: str, key: TaskKey, deadline: float) -> str:
-        """Delete this try's pod; "deleted" or "was already gone". A pod of another try is left alone."""
+    def _delete_pod(self, name: str, key: TaskKey, deadline: float, *, secret: bool = False) -> str:
+        """Delete this try's pod; "deleted" or "was already gone". A pod of another try is left alone.
+
+        Its launch Secret goes too, when the pod names one or ``secret`` says the launch made one: a run
+        that died between creating the Secret and the pod left a Secret no pod owns.
+        """
         try:
             pod = self._read_pod(name, deadline)
             problem = _ownership_problem(pod, key, self._config.key_prefix)
             if problem is not None:
                 raise DispatchRejected("NameConflict", f"not deleted: {problem}")
+            secret = secret or launch_secret_of(pod) is not None
             _read_json(
                 self._call(
                     f"delete pod {name}",
@@ -452,10 +629,14 @@ class Dispatcher:
                 )
             )
         except ApiException as exc:
-            if exc.status == 404:
-                return "was already gone"
-            raise DispatchRejected("Rejected", _describe(exc)) from None
-        return "deleted"
+            if exc.status != 404:
+                raise DispatchRejected("Rejected", _describe(exc)) from None
+            gone = "was already gone"
+        else:
+            gone = "deleted"
+        if secret:
+            self._delete_secret(name, deadline)
+        return gone
 
     # failing a try
 
@@ -564,30 +745,42 @@ class Dispatcher:
 
 def _build_pod(request: LaunchRequest, config: KubeConfig) -> dict[str, Any]:
     """The pod of a request; the untrusted executor_config is parsed again here, with our own config."""
-    return build_worker_pod(request.key, request.argv, parse_executor_config(request.pod_config), config)
+    return build_worker_pod(
+        request.key,
+        request.argv,
+        parse_executor_config(request.pod_config),
+        config,
+        secret_env=request.secret_env,
+    )
 
 
-def _ownership_problem(pod: Any, key: TaskKey, instance: str) -> str | None:
-    """Why the pod holding this try's name is not this try's pod of this bridge, or None if it is."""
-    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+def _uid(obj: Any) -> str | None:
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    uid = metadata.get("uid") if isinstance(metadata, dict) else None
+    return uid if isinstance(uid, str) and uid else None
+
+
+def _ownership_problem(obj: Any, key: TaskKey, instance: str, *, kind: str = "pod") -> str | None:
+    """Why the pod (or Secret) holding this try's name is not this try's of this bridge, or None if it is."""
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
     name = metadata.get("name", job_id_for(key))
     try:
         owner = task_key_from_annotations(metadata.get("annotations"))
     except TaskKeyError as exc:
         return (
-            f"pod {name} already exists but is not a task pod ({exc}); delete it or rename it, then retry "
-            "the task"
+            f"{kind} {name} already exists but is not a task {kind} ({exc}); delete it or rename it, then "
+            "retry the task"
         )
     if owner != key:
         return (
-            f"pod {name} already exists for another try ({_key_text(owner)}), not {_key_text(key)}: a pod "
-            "name collision; delete that pod or retry the task"
+            f"{kind} {name} already exists for another try ({_key_text(owner)}), not {_key_text(key)}: a "
+            f"{kind} name collision; delete that {kind} or retry the task"
         )
     label = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
     if label != instance:
         return (
-            f"pod {name} belongs to bridge instance {label!r} ({INSTANCE_LABEL} label), not {instance!r}; "
+            f"{kind} {name} belongs to bridge instance {label!r} ({INSTANCE_LABEL} label), not {instance!r}; "
             "bridges sharing a namespace must run different DAGs or use different namespaces"
         )
     return None

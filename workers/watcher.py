@@ -25,7 +25,9 @@ Why it is built this way:
   fatal waiting reason, the pending timeout) is always deleted: kept, it could start the task after the try
   was already failed. Its waiting message is in the outcome. A pod is never deleted while its try's launch
   job is still queued or running: that run could create the freed name again; the sweep deletes it once
-  the job has ended.
+  the job has ended. A finished pod's launch Secret (annotation ``kbridge/launch-secret``: the try's own
+  secret env values) is deleted first, whether the pod is deleted or kept: a pod kept for debugging must not
+  keep a live token around.
 * **Errors never stop it.** Redis or API failures back off and retry; a pod without readable task-key
   annotations is skipped with a warning, once.
 """
@@ -62,12 +64,12 @@ from redis.exceptions import RedisError
 from bridge.config import KubeConfig, load_config
 from bridge.connection import redis_from_config
 from bridge.errors import UserInputError
+from bridge.kube_client import backoff_seconds, core_v1, request_args
 from bridge.naming import DNS1123_LABEL_RULE, is_dns1123_label, task_key_from_annotations
 from bridge.protocol import STREAMED_STATES, Keys, TryState, decode_text, job_id_for
 from bridge.records import TryRecords
 from bridge.task_key import TaskKeyError
-from bridge.worker_pod import instance_selector
-from workers.kube_client import backoff_seconds, core_v1, request_args
+from bridge.worker_pod import instance_selector, launch_secret_of
 from workers.leader import Lease
 from workers.pod_state import PodReport, is_deleting, pod_report, vanished_report
 
@@ -82,6 +84,7 @@ CLEANUP_THREADS = 4
 # Phases the sweep looks at: Pending pods (timeouts) and finished ones not yet cleaned up.
 SWEEP_FIELD_SELECTOR = "status.phase!=Running"
 STANDBY_POLL_MAX_SECONDS = 1.0
+_LATER = "; it goes with its pod, and the sweep retries while the pod is kept"
 
 
 class _Expired(Exception):
@@ -344,7 +347,7 @@ class Watcher:
                     detail = ": ".join(part for part in (report.reason, report.message) if part)
                     log.info("pod %s: task %s%s", name, report.state.value, f" ({detail})" if detail else "")
         if report is not None and not deleted and _needs_cleanup(pod, report):
-            self._finish_soon(name, report)
+            self._finish_soon(name, report, launch_secret_of(pod))
 
     def _report(
         self, pod: Mapping[str, Any], name: str, *, deleted: bool, pending_timeout: int
@@ -385,17 +388,17 @@ class Watcher:
         if checkpoint:
             self._redis.set(self._checkpoint_key, checkpoint)
 
-    def _finish_soon(self, name: str, report: PodReport) -> None:
+    def _finish_soon(self, name: str, report: PodReport, secret: str | None) -> None:
         """Queue :meth:`_finish` on the clean-up threads, once per pod at a time."""
         with self._cleaning_lock:
             if name in self._cleaning:
                 return
             self._cleaning.add(name)
-        self._cleanup.submit(self._finish_guarded, name, report)
+        self._cleanup.submit(self._finish_guarded, name, report, secret)
 
-    def _finish_guarded(self, name: str, report: PodReport) -> None:
+    def _finish_guarded(self, name: str, report: PodReport, secret: str | None) -> None:
         try:
-            self._finish(name, report)
+            self._finish(name, report, secret)
         except RedisError as exc:
             log.warning("could not clean up pod %s (Redis: %s); the sweep retries", name, exc)
         except Exception:  # a clean-up thread must outlive any one pod
@@ -404,14 +407,18 @@ class Watcher:
             with self._cleaning_lock:
                 self._cleaning.discard(name)
 
-    def _finish(self, name: str, report: PodReport) -> None:
-        """Delete or keep (labelled done) a pod whose outcome is recorded; the sweep retries failures."""
+    def _finish(self, name: str, report: PodReport, secret: str | None) -> None:
+        """Delete or keep (labelled done) a pod whose outcome is recorded, after deleting its launch Secret
+        (``secret``); the sweep retries failures."""
         config = self.config
         delete = (
             report.phase == "Pending"  # failed before it started: it must never start later
             or (config.delete_worker_pods and report.state == TryState.SUCCESS)
             or (config.delete_worker_pods and config.delete_worker_pods_on_failure)
         )
+        # A kept pod is labelled done only once its Secret is gone: the sweep skips pods labelled done.
+        if secret is not None and not self._delete_secret(secret) and not delete:
+            return
         if delete and self._launch_pending(name):
             log.info(
                 "pod %s: not deleted yet, its launch job is still queued or running; the sweep retries", name
@@ -439,6 +446,21 @@ class Watcher:
                 )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             log.warning("could not %s pod %s (%s); the sweep retries", _verb(delete), name, exc)
+
+    def _delete_secret(self, name: str) -> bool:
+        """Delete the launch Secret of a finished pod; True once it is gone (404 included)."""
+        try:
+            self._api.delete_namespaced_secret(name, self.namespace, **self._request_args)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning(
+                    "could not delete launch Secret %s (%s %s)%s", name, exc.status, exc.reason, _LATER
+                )
+                return False
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("could not delete launch Secret %s (%s)%s", name, exc, _LATER)
+            return False
+        return True
 
     def _launch_pending(self, name: str) -> bool:
         """Whether the try's rq launch job may still run: deleting its finished pod now would free the name
@@ -515,7 +537,7 @@ class Watcher:
                 pod, fatal_reasons=self._fatal_reasons, pending_timeout_seconds=0, now=datetime.now(UTC)
             )
             if record is not None and record.terminal and report is not None and _needs_cleanup(pod, report):
-                self._finish_soon(name, report)
+                self._finish_soon(name, report, launch_secret_of(pod))
 
     def _list(self, *, field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
         """Every matching pod as API JSON, in pages of one snapshot, and the snapshot's resourceVersion."""

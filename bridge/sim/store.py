@@ -6,6 +6,11 @@ The store keeps that counter, a bounded history of changes (older RVs are "compa
 the graceful-deletion rules of pods. Stored objects are never mutated in place: every write stores a new
 object together with its JSON, so readers and watch streams share bytes instead of copying dicts, and
 callers only ever get their own copies.
+
+It also does the garbage collector's work: when an object is finally removed, every object of its namespace
+whose ``metadata.ownerReferences`` name it, and whose other owners are gone too, is deleted (an ordinary
+DELETE, so a dependent pod terminates gracefully and every removal is a DELETED watch event). An index of
+owner uid → dependents, kept by every write, makes that a lookup instead of a scan.
 """
 
 from __future__ import annotations
@@ -267,6 +272,8 @@ class ObjectStore:
         self._listeners: list[Listener] = []
         self._watches: list[Watch] = []
         self._snapshots: OrderedDict[tuple[str, int], list[tuple[tuple[str, str], _Stored]]] = OrderedDict()
+        self._live_uids: set[str] = set()
+        self._dependents: dict[str, set[tuple[str, str, str]]] = {}  # owner uid -> (resource, ns, name)
         for namespace in INITIAL_NAMESPACES:
             self.create("namespaces", None, {"metadata": {"name": namespace}})
 
@@ -365,7 +372,8 @@ class ObjectStore:
             return load_object(self._commit(resource, key, "MODIFIED", new, previous=current.obj).json)
 
     def remove(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
-        """Final removal: emits DELETED (the last state stamped with a new RV); 404 if already gone."""
+        """Final removal: emits DELETED (the last state stamped with a new RV), then deletes the objects it
+        owned that have no other owner left; 404 if already gone."""
         with self._lock:
             key = (namespace or "", name)
             current = self._objects[resource].get(key)
@@ -374,8 +382,11 @@ class ObjectStore:
             if resource == "namespaces":  # the namespace controller empties a namespace before it goes
                 for contained in KINDS.keys() - CLUSTER_SCOPED:
                     for _, inner_name in [inner for inner in self._objects[contained] if inner[0] == name]:
-                        self.remove(contained, name, inner_name)
-            return load_object(self._commit(resource, key, "DELETED", load_object(current.json)).json)
+                        if (name, inner_name) in self._objects[contained]:  # not collected meanwhile
+                            self.remove(contained, name, inner_name)
+            removed = load_object(self._commit(resource, key, "DELETED", load_object(current.json)).json)
+            self._collect_dependents(removed["metadata"]["uid"], key[0])
+            return removed
 
     def delete(
         self,
@@ -585,6 +596,8 @@ class ObjectStore:
         self._revision += 1
         obj["metadata"]["resourceVersion"] = str(self._revision)
         stored = _Stored(obj, _dumps(obj).encode())
+        before = self._objects[resource].get(key)
+        self._track(resource, key, before.obj if before else None, None if event_type == "DELETED" else obj)
         if event_type == "DELETED":
             del self._objects[resource][key]
         else:
@@ -599,6 +612,36 @@ class ObjectStore:
         for listener in self._listeners:
             listener(event_type, load_object(stored.json))
         return stored
+
+    def _collect_dependents(self, owner_uid: str, namespace: str) -> None:
+        """Delete the objects of ``namespace`` that ``owner_uid`` owned, unless another owner still exists."""
+        for resource, dependent_namespace, name in sorted(self._dependents.pop(owner_uid, ())):
+            stored = self._objects[resource].get((dependent_namespace, name))
+            if dependent_namespace != namespace or stored is None:
+                continue
+            owners = {owner.get("uid") for owner in _owner_references(stored.obj)}
+            if self._live_uids.isdisjoint(owners - {owner_uid}):
+                self.delete(resource, dependent_namespace or None, name)
+
+    def _track(
+        self, resource: str, key: tuple[str, str], old: dict[str, Any] | None, new: dict[str, Any] | None
+    ) -> None:
+        """Keep the live uids and the owner index in step with one write (``new`` None: a removal)."""
+        dependent = (resource, *key)
+        before = {owner.get("uid") for owner in _owner_references(old)}
+        after = {owner.get("uid") for owner in _owner_references(new)}
+        for uid in before - after:
+            dependents = self._dependents.get(str(uid))
+            if dependents is not None:
+                dependents.discard(dependent)
+                if not dependents:
+                    del self._dependents[str(uid)]
+        for uid in after - before:
+            self._dependents.setdefault(str(uid), set()).add(dependent)
+        if new is None:
+            self._live_uids.discard((old or {}).get("metadata", {}).get("uid"))
+        else:
+            self._live_uids.add(new["metadata"]["uid"])
 
     def _unregister(self, watch: Watch) -> None:
         with self._lock:
@@ -628,6 +671,11 @@ class ObjectStore:
             return compile_filter(resource, label_selector, field_selector)
         except SelectorError as error:
             raise bad_request(str(error)) from None
+
+
+def _owner_references(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
+    references = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return [reference for reference in references if isinstance(reference, dict)]
 
 
 def _restamped_json(obj: dict[str, Any], resource_version: int) -> bytes:

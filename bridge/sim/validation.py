@@ -147,8 +147,28 @@ def _name_errors(resource: str, metadata: dict[str, Any]) -> list[FieldError]:
     return [] if _DNS_SUBDOMAIN.match(name) else [invalid("metadata.name", name, _SUBDOMAIN_HELP)]
 
 
+def _owner_reference_errors(owners: Any) -> list[FieldError]:
+    """apimachinery's ValidateOwnerReferences. Its field paths carry no index, and a missing field is empty
+    to the API server (Go's zero value): both read ``Invalid value: "": uid must not be empty``."""
+    path = "metadata.ownerReferences"
+    if not isinstance(owners, list) or not all(isinstance(owner, dict) for owner in owners):
+        return [invalid(path, type(owners).__name__, "must be a list of owner references")]
+    errors: list[FieldError] = []
+    for owner in owners:
+        api_version = owner.get("apiVersion") or ""
+        parts = str(api_version).split("/")
+        if not (parts[-1] if len(parts) <= 2 else ""):  # "v1" or "group/v1": the version must be there
+            errors.append(invalid(f"{path}.apiVersion", api_version, "version must not be empty"))
+        for field in ("kind", "name", "uid"):
+            if not owner.get(field):
+                errors.append(
+                    invalid(f"{path}.{field}", owner.get(field) or "", f"{field} must not be empty")
+                )
+    return errors
+
+
 def validate_metadata(resource: str, metadata: dict[str, Any]) -> list[FieldError]:
-    """Name, labels and annotations rules shared by every resource."""
+    """Name, labels, annotations and owner references rules shared by every resource."""
     errors = _name_errors(resource, metadata)
     for key, value in (metadata.get("labels") or {}).items():
         if key_error := label_key_error(key):
@@ -164,6 +184,8 @@ def validate_metadata(resource: str, metadata: dict[str, Any]) -> list[FieldErro
     size = sum(len(key) + len(str(value)) for key, value in annotations.items())
     if size > _ANNOTATIONS_MAX_BYTES:
         errors.append(too_long("metadata.annotations", _ANNOTATIONS_MAX_BYTES))
+    if metadata.get("ownerReferences") is not None:
+        errors += _owner_reference_errors(metadata["ownerReferences"])
     return errors
 
 

@@ -142,6 +142,10 @@ def _as_planned(expected: Expected, state: str, outcome: Outcome) -> bool:
         return False
     if expected.state == "success":  # the watcher may or may not name the container's "Completed"
         return outcome.reason in ("", "Completed")
+    if expected.reason == "ErrImagePull":
+        # The kubelet writes ErrImagePull, then ImagePullBackOff; a watcher that was restarting (or re-listing
+        # after Redis came back) may first see the second, and either one fails the pod, rightly.
+        return outcome.reason in ("ErrImagePull", "ImagePullBackOff")
     return outcome.reason == expected.reason
 
 
