@@ -34,15 +34,17 @@ bench: $(STAMP)
 
 # Real Airflow against the bridge (tests/airflow). Installing Airflow takes a while, so its venv is kept
 # outside the checkout, one per Airflow and Python version, reinstalled only when setup.cfg changes; the
-# checkout itself is (re)linked on every run. AIRFLOW_VERSION=3.2.2 tests the previous minor, adding
-# tests/airflow/requirements-<version>.txt when that file exists.
+# checkout itself is (re)linked on every run. tests/airflow/constraints-<version>.txt pins what last passed
+# (Airflow publishes its constraints on GitHub, not PyPI), requirements-<version>.txt adds packages. AIRFLOW_VERSION=3.2.2
+# tests the previous minor.
 AIRFLOW_VERSION ?= 3.3.2
 AIRFLOW_TESTS ?= tests/airflow
 AIRFLOW_CACHE ?= $(HOME)/.cache/kube-redis-bridge
 PY_TAG = $(shell $(PYTHON) -c 'import sys; print("py%d.%d" % sys.version_info[:2])')
 AIRFLOW_VENV = $(AIRFLOW_CACHE)/airflow-$(AIRFLOW_VERSION)-$(PY_TAG)
 AIRFLOW_EXTRAS = $(wildcard tests/airflow/requirements-$(AIRFLOW_VERSION).txt)
-DEPS_HASH = $(shell cat setup.cfg $(AIRFLOW_EXTRAS) | $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
+AIRFLOW_PINS = $(wildcard tests/airflow/constraints-$(AIRFLOW_VERSION).txt)
+DEPS_HASH = $(shell cat setup.cfg $(AIRFLOW_EXTRAS) $(AIRFLOW_PINS) | $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
 
 test-airflow:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -51,9 +53,10 @@ test-airflow:
 		echo "Installing apache-airflow==$(AIRFLOW_VERSION) into $(AIRFLOW_VENV) (once)"; \
 		$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip && \
 		$(AIRFLOW_VENV)/bin/python -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e '.[dev,airflow]' \
-			$(if $(AIRFLOW_EXTRAS),-r $(AIRFLOW_EXTRAS)) && \
+			$(if $(AIRFLOW_EXTRAS),-r $(AIRFLOW_EXTRAS)) $(if $(AIRFLOW_PINS),-c $(AIRFLOW_PINS)) && \
 		touch $(AIRFLOW_VENV)/.deps-$(DEPS_HASH); }
 	@$(AIRFLOW_VENV)/bin/python -m pip install --quiet --no-deps -e . > $(AIRFLOW_VENV)/link.log 2>&1 || { cat $(AIRFLOW_VENV)/link.log; exit 1; }
+	$(AIRFLOW_VENV)/bin/mypy bridge/airflow_executor.py bridge/airflow_config.py  # against the real Airflow
 	PATH="$(AIRFLOW_VENV)/bin:$$PATH" $(AIRFLOW_VENV)/bin/pytest $(AIRFLOW_TESTS) $(PYTEST_ARGS)
 
 clean:

@@ -29,7 +29,7 @@ RUNNING_POD_LOG_LINES = "running_pod_log_lines"
 DEFAULT_RUNNING_POD_LOG_LINES = 100  # as Airflow's KubernetesExecutor
 _OWN_KEYS = (KBRIDGE_CONFIG, RUNNING_POD_LOG_LINES)
 _ENV_PREFIX = f"AIRFLOW__{SECTION.upper()}__"
-_ENV_SUFFIXES = ("_CMD", "_SECRET")  # Airflow's command- and secrets-backend forms of an option
+_INDIRECT_SUFFIXES = ("cmd", "secret")  # Airflow's command- and secrets-backend forms of an option
 
 
 class AirflowConf(Protocol):
@@ -54,10 +54,7 @@ def settings_from_airflow(
     """Read ``[kubernetes_redis_bridge]`` and the bridge file; :class:`ConfigError` names every problem."""
     environ = os.environ if environ is None else environ
     origin = f"[{SECTION}] in Airflow's configuration"
-    problems = [
-        Problem(f"[{SECTION}] {key}", f"[{SECTION}] {key}: unknown option{did_you_mean(key, _known_keys())}")
-        for key in sorted(_given_keys(conf, environ) - set(_known_keys()))
-    ]
+    problems = [_unknown(key) for key in sorted(_given_keys(conf, environ) - set(_known_keys()))]
     values = {
         key: value
         for key in _known_keys()
@@ -83,13 +80,21 @@ def _known_keys() -> list[str]:
 def _given_keys(conf: AirflowConf, environ: Mapping[str, str]) -> set[str]:
     """Every key set in the section: in the file (``getsection``) or as an ``AIRFLOW__...`` variable."""
     keys = {str(key).lower() for key in (conf.getsection(SECTION) or {})}
-    for name in environ:
-        if name.startswith(_ENV_PREFIX):
-            key = name[len(_ENV_PREFIX) :]
-            for suffix in _ENV_SUFFIXES:
-                key = key.removesuffix(suffix)
-            keys.add(key.lower())
+    keys.update(name[len(_ENV_PREFIX) :].lower() for name in environ if name.startswith(_ENV_PREFIX))
     return keys
+
+
+def _unknown(key: str) -> Problem:
+    subject = f"[{SECTION}] {key}"
+    base, _, suffix = key.rpartition("_")
+    if suffix in _INDIRECT_SUFFIXES and base in _known_keys():
+        # Airflow runs *_cmd and *_secret only for its own sensitive options: the value would be ignored.
+        return Problem(
+            subject,
+            f"{subject}: Airflow does not run _{suffix} for this section's options; set {base} in the bridge "
+            f"file (kbridge_config) or as KBRIDGE__<SECTION>__{base.upper()}, which can come from a secret",
+        )
+    return Problem(subject, f"{subject}: unknown option{did_you_mean(key, _known_keys())}")
 
 
 def _log_lines(text: str | None, problems: list[Problem]) -> int:

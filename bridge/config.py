@@ -468,8 +468,9 @@ OPTIONS: tuple[Option, ...] = (
            "How long a task try's record and a failed rq job are kept.", EVERY_PROCESS),
     Option(BRIDGE, "launch_secret_ttl_seconds", integer(1, 7 * 24 * 3600), "3600",
            "The most a launch secret (execute_async's secret_env values) may wait in Redis for a "
-           "dispatcher; a try still queued after that is failed with LaunchSecretExpired.",
-           (EXECUTOR, DISPATCHER)),
+           "dispatcher (the executor sets it on the values it writes); a try still queued after that is "
+           "failed with LaunchSecretExpired.",
+           (EXECUTOR,)),
 )  # fmt: skip
 
 

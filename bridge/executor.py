@@ -52,6 +52,7 @@ from bridge.connection import MAX_BLOCK_SECONDS, redis_from_config
 from bridge.errors import UserInputError
 from bridge.executor_config import parse_executor_config
 from bridge.protocol import (
+    MAX_SECRET_ENV_NAMES,
     TERMINAL_STATES,
     Keys,
     LaunchRequest,
@@ -81,7 +82,11 @@ TRIM_INTERVAL_SECONDS = 30.0  # also how often outcomes left pending by a gone c
 UNADOPTED_OUTCOMES = 10_000  # outcomes of unknown tries kept for a later adoption (oldest dropped first)
 READS_PER_SYNC = 10  # batches of outcomes applied per sync(), so one call never runs unbounded
 _RETRY_PAUSE_SECONDS = 1.0  # end() between attempts while Redis is unreachable
-# A Secret holds at most 1 MiB; base64 makes the values a third larger, and the pod's Secret needs room.
+# Linux's MAX_ARG_STRLEN: the longest single environment string (``NAME=value`` and its NUL) or argument;
+# a value reaches the container as env and, through ``$(NAME)``, in its args.
+MAX_ARG_STRLEN = 128 * 1024
+# All values of one try (names included): Kubernetes limits a Secret's decoded data to 1 MiB, and env and
+# args together must fit Linux's ARG_MAX (often 2 MiB), where each value may count twice.
 MAX_SECRET_ENV_BYTES = 512 * 1024
 
 
@@ -201,7 +206,9 @@ class KubernetesExecutor:
             if result.status is EnqueueStatus.DUPLICATE:
                 self._duplicates.append(job.key)
             elif result.status is EnqueueStatus.REFUSED:
-                message = f"queue {job.queue!r} cannot be used: {result.message}"
+                message = result.message
+                if not message.startswith("secret_env"):  # a key of its queue holds another type
+                    message = f"queue {job.queue!r} cannot be used: {message}"
                 log.error("Task %s cannot be queued: %s", job.key, message)
                 failed = Outcome(job.key, TryState.FAILED, "InvalidTask", message, source="executor")
                 self._event(failed)
@@ -270,15 +277,25 @@ class KubernetesExecutor:
 
         With ``report``, its outcome (revoked, reported as failed) arrives through the result stream as
         usual. Without it (Airflow's ``revoke_task``, which settles the task itself), the try leaves
-        ``running`` at once and no event is ever put in the event buffer for it: outcomes read for it later
-        are kept like those of a try this executor does not know.
+        ``running`` at once and no event is ever put in the event buffer for it. A try no dispatcher ever
+        ran (still queued, or never sent) is then forgotten: its record, rq job and launch-secret hash are
+        deleted, so :meth:`execute_async` with the same key queues it as new (Airflow revokes a try stuck
+        in queued and queues the same key again). Outcomes read later for a launched one are kept like
+        those of a try this executor does not know.
         """
         task = task_key(key)
         result = self._revoke(task, report=report)
         if not report:
             self.running.discard(task)
             self._reported_running.discard(task)
-        return result is not None and result.action in (RevokeAction.DEQUEUED, RevokeAction.DELETE_QUEUED)
+            if result is not None and result.action is RevokeAction.FORGOTTEN:
+                self._unadopted.pop(task, None)
+                self._duplicates = [duplicate for duplicate in self._duplicates if duplicate != task]
+        return result is not None and result.action in (
+            RevokeAction.DEQUEUED,
+            RevokeAction.DELETE_QUEUED,
+            RevokeAction.FORGOTTEN,
+        )
 
     def clear_not_launched_queued_tasks(self, queued: Iterable[TaskKeyLike]) -> list[TaskKey]:
         """:meth:`adopt`, with an unreachable Redis reported as the empty list (call again later)."""
@@ -408,11 +425,12 @@ class KubernetesExecutor:
         unsent = [job for job in self._batch if job.key == task]
         if unsent:  # never reached Redis: nothing else will report on it
             self._batch = [job for job in self._batch if job.key != task]
+            if not report:
+                return RevokeResult(RevokeAction.FORGOTTEN, None)
             message = "revoked before it was queued"
-            if report:
-                self._event(Outcome(task, TryState.REVOKED, "Revoked", message, source="executor"))
+            self._event(Outcome(task, TryState.REVOKED, "Revoked", message, source="executor"))
             return RevokeResult(RevokeAction.DEQUEUED, None)
-        result = self._guard(self.queue.revoke, task, self.config.namespace)
+        result = self._guard(self.queue.revoke, task, self.config.namespace, forget=not report)
         if result is not None:
             log.info("Revoking %s: %s (was %s)", task, result.action.value, result.state)
         return result
@@ -494,6 +512,11 @@ def _secret_env(secret_env: object) -> dict[str, str]:
             f"secret_env must be a mapping of environment variable name to string value, got "
             f"{type(secret_env).__name__}"
         )
+    if len(secret_env) > MAX_SECRET_ENV_NAMES:
+        raise InvalidTask(
+            f"secret_env has {len(secret_env)} names, more than the {MAX_SECRET_ENV_NAMES} allowed; pass "
+            "fewer values (e.g. several in one JSON value)"
+        )
     size = 0
     for name, value in secret_env.items():
         problem = secret_env_name_problem(name)
@@ -503,18 +526,32 @@ def _secret_env(secret_env: object) -> dict[str, str]:
             raise InvalidTask(
                 f"secret_env[{name!r}] must be a string, got {type(value).__name__}; pass the value as text"
             )
+        if "\x00" in value:
+            raise InvalidTask(
+                f"secret_env[{name!r}] contains a NUL character, which an environment variable cannot hold; "
+                "encode the value (e.g. base64)"
+            )
         try:
-            size += len(name) + len(value.encode())
+            entry = len(name) + 1 + len(value.encode()) + 1  # NAME=value and its terminating NUL
         except UnicodeEncodeError:  # its message would quote the offending character
             raise InvalidTask(
                 f"secret_env[{name!r}] is not valid Unicode text (it holds a lone surrogate); pass text "
                 "that encodes as UTF-8"
             ) from None
+        if entry > MAX_ARG_STRLEN:
+            raise InvalidTask(
+                f"secret_env[{name!r}] is {entry - len(name) - 2} bytes; as '{name}=<value>' it takes "
+                f"{entry} bytes, more than the {MAX_ARG_STRLEN} Linux allows one environment variable or "
+                "argument (MAX_ARG_STRLEN), so the container could not start; pass large data another way, "
+                "e.g. a Secret or volume of your own in executor_config"
+            )
+        size += entry - 2
     if size > MAX_SECRET_ENV_BYTES:
         raise InvalidTask(
-            f"secret_env holds {size} bytes, more than the {MAX_SECRET_ENV_BYTES} allowed (the pod's "
-            "Secret is limited to 1 MiB, base64-encoded); pass large data another way, e.g. a Secret or "
-            "volume of your own in executor_config"
+            f"secret_env holds {size} bytes (names and values), more than the {MAX_SECRET_ENV_BYTES} allowed "
+            "(Kubernetes limits the pod's Secret to 1 MiB of data, and the values also fill the container's "
+            "environment and arguments); pass large data another way, e.g. a Secret or volume of your own "
+            "in executor_config"
         )
     return dict(secret_env)
 

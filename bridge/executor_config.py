@@ -368,8 +368,8 @@ def _pod_override(value: object) -> dict[str, Any]:
         raise ExecutorConfigError(
             f"{where} is a {model.__name__}; it must be a whole V1Pod, e.g. V1Pod(spec=...)"
         )
-    if isinstance(value, str) and value.startswith("api_version="):
-        # The text form of a V1Pod: what Airflow 3.2 stores when it cannot serialize one.
+    if isinstance(value, str) and "api_version" in value and "spec" in value:
+        # The text form of a V1Pod (str() of the model): what Airflow 3.2 stores when it cannot serialize one.
         raise ExecutorConfigError(
             f"{where} reached the executor as the text of a V1Pod, not a pod: Airflow before 3.3 serializes "
             "a V1Pod only with apache-airflow-providers-cncf-kubernetes installed next to the scheduler and "

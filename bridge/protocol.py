@@ -43,6 +43,8 @@ JOB_RESULT_TTL_SECONDS = 3600
 SECRET_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SECRET_ENV_NAME_RULE = "letters, digits and '_', not starting with a digit"  # noqa: S105 - a rule, not a secret
 MAX_SECRET_ENV_NAME_LENGTH = 253  # the longest Secret key
+# Names per launch: bounds the enqueue script's arguments (Lua's unpack has a limit) and the pod's env.
+MAX_SECRET_ENV_NAMES = 64
 
 
 class MessageError(UserInputError):
@@ -305,6 +307,11 @@ def secret_env_name_problem(name: object) -> str | None:
 def _secret_env_names(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise MessageError(f"{where} field 'secret_env' must be list, got {type(value).__name__}")
+    if len(value) > MAX_SECRET_ENV_NAMES:
+        raise MessageError(
+            f"{where} field 'secret_env' names {len(value)} variables, more than the {MAX_SECRET_ENV_NAMES} "
+            "allowed"
+        )
     for name in value:
         problem = secret_env_name_problem(name)
         if problem is not None:

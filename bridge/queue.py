@@ -16,8 +16,10 @@ the script enqueues it again.
 A launch with secret env values (``execute_async(secret_env=...)``) also gets its launch-secret hash
 (:meth:`~bridge.protocol.Keys.launch_secret`), written by the same script with its own TTL
 (``launch_secret_ttl_seconds``), so the secret costs no extra round trip and never exists without its job.
-A duplicate whose job is still queued gets its hash rewritten with the new values (a re-queue after a
-scheduler restart brings a fresher token); any other duplicate gets none. The revoke script deletes it.
+A duplicate whose job is still queued and lists the same names (kept, never the values, in the try
+record's ``secret_env`` field) gets its hash rewritten with the new values (a re-queue after a scheduler
+restart brings a fresher token); any other duplicate gets none. The revoke script deletes it. A job with
+more than :data:`~bridge.protocol.MAX_SECRET_ENV_NAMES` names is refused before anything is written.
 
 Lua has no rollback, so the script checks the type of every key a job writes before writing any of them:
 a queue name whose key holds something else (``SET rq:queue:x 1`` by mistake) refuses that one job, with
@@ -44,6 +46,7 @@ from bridge.protocol import (
     DELETE_POD,
     JOB_RESULT_TTL_SECONDS,
     LAUNCH_POD,
+    MAX_SECRET_ENV_NAMES,
     DeleteRequest,
     Keys,
     LaunchRequest,
@@ -74,13 +77,16 @@ _DEAD_STATUSES_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted
 #       list and failed registry of the queue the try was enqueued on before (= its queue unless the
 #       scheduler routes a never-launched try to another queue), and its launch-secret hash
 # ARGV: record ttl, launch secret ttl, then per job: job id, earlier queue name, n job fields, n record
-#       fields, n secret fields, job field pairs, record field pairs, secret field pairs (name, value)
+#       fields, n secret fields, its secret names (sorted, comma-joined), job field pairs, record field
+#       pairs, secret field pairs (name, value)
 # Returns one reply per job: 1 enqueued, 0 duplicate (left untouched), {'queue', name} when its record
 # names another earlier queue (call again with that queue's keys), or an error text when a key it writes
-# holds another type. Every check of a job comes before its first write: Lua has no rollback, and a job
-# written half way (a hash without its list entry) would be a try queued on no queue.
+# holds another type or it has too many secret names. Every check of a job comes before its first write:
+# Lua has no rollback, and a job written half way (a hash without its list entry) would be a try queued on
+# no queue; a script error after a write would also fail the whole batch, which the executor resends.
 _ENQUEUE = (
-    """
+    (
+        """
 local dead = DEAD_STATUSES
 local ttl, secret_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local replies = {}
@@ -100,7 +106,8 @@ for k = 2, #KEYS, 7 do
   local secret_key = KEYS[k + 6]
   local job_id, expected_queue = ARGV[a], ARGV[a + 1]
   local nj, nr, ns = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local job_from = a + 5
+  local names = ARGV[a + 5]
+  local job_from = a + 6
   local record_from = job_from + 2 * nj
   local secret_from = record_from + 2 * nr
   a = secret_from + 2 * ns
@@ -108,6 +115,7 @@ for k = 2, #KEYS, 7 do
     or wrong_type(queue_key, 'list') or wrong_type(old_queue_key, 'list')
     or wrong_type(old_intermediate_key, 'list') or wrong_type(old_failed_key, 'zset')
     or (ns > 0 and wrong_type(secret_key, 'hash'))
+    or (ns > MAX_NAMES and ('secret_env of ' .. job_id .. ' has ' .. ns .. ' names, more than MAX_NAMES'))
   local refresh_secret = false
   if not reply then
     local state = redis.call('HGET', record_key, 'state')
@@ -137,9 +145,11 @@ for k = 2, #KEYS, 7 do
       refresh_secret = ns > 0
     elseif not reply then
       reply = 0
-      -- a duplicate still waiting for a dispatcher takes the newer values; any other gets none
+      -- a duplicate still waiting for a dispatcher takes the newer values of the very names its job
+      -- lists (other names would fail its launch or leave values no pod reads); any other gets none
       refresh_secret = ns > 0 and state == 'queued' and status == 'queued'
         and redis.call('HEXISTS', record_key, 'revoked') == 0
+        and redis.call('HGET', record_key, 'secret_env') == names
     end
   end
   if refresh_secret then
@@ -151,16 +161,21 @@ for k = 2, #KEYS, 7 do
 end
 return replies
 """
-).replace("DEAD_STATUSES", _DEAD_STATUSES_LUA)
+    )
+    .replace("DEAD_STATUSES", _DEAD_STATUSES_LUA)
+    .replace("MAX_NAMES", str(MAX_SECRET_ENV_NAMES))
+)
 
 # KEYS: try record, rq:queue:<queue>, rq:job:<id>, result stream, rq:job:<id>-delete, rq:queues,
 #       launch-secret hash
 # ARGV: job id, delete job id, record ttl, failure ttl, ended_at, n record fields, n outcome fields,
-#       record field pairs, outcome field pairs, delete job field pairs
+#       forget ('1' or '0'), record field pairs, outcome field pairs, delete job field pairs
 # Returns {action, state before}. The record is moved to revoked here only from 'queued', which is always a
 # forward move, so this needs none of the ordering logic of bridge.records. A job taken off its queue that
 # a dispatcher had run before (the reaper hands a dead dispatcher's job back; its pod may exist) gets the
 # delete job as well. A revoked try's secret env values are of no more use: its hash goes at once.
+# With forget, a job taken off its queue that no dispatcher ever ran leaves no trace (no record, job or
+# outcome): the same try may be enqueued again as new (Airflow's stuck-in-queued recovery does that).
 _REVOKE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown', ''} end
@@ -168,11 +183,15 @@ redis.call('HSET', KEYS[1], 'revoked', '1')
 redis.call('DEL', KEYS[7])
 if state == 'success' or state == 'failed' or state == 'revoked' then return {'finished', state} end
 local nr, no = tonumber(ARGV[6]), tonumber(ARGV[7])
-local record_from, outcome_from, delete_from = 8, 8 + 2 * nr, 8 + 2 * nr + 2 * no
+local record_from, outcome_from, delete_from = 9, 9 + 2 * nr, 9 + 2 * nr + 2 * no
 local action = 'delete-queued'
 if state == 'queued' and redis.call('LREM', KEYS[2], 0, ARGV[1]) > 0 then
   local started, worker = unpack(redis.call('HMGET', KEYS[3], 'started_at', 'worker_name'))
   local taken = (started and started ~= '') or (worker and worker ~= '')
+  if ARGV[8] == '1' and not taken then
+    redis.call('DEL', KEYS[1], KEYS[3])
+    return {'forgotten', state}
+  end
   redis.call('HSET', KEYS[3], 'status', 'canceled', 'ended_at', ARGV[5])
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
   redis.call('HSET', KEYS[1], unpack(ARGV, record_from, outcome_from - 1))
@@ -221,6 +240,8 @@ class EnqueueResult(NamedTuple):
 class RevokeAction(StrEnum):
     # removed from its queue; record now revoked (and a delete_pod job queued if a dispatcher ran it before)
     DEQUEUED = "dequeued"
+    # revoked with forget before any dispatcher ran it: removed from its queue, record and job deleted
+    FORGOTTEN = "forgotten"
     DELETE_QUEUED = "delete-queued"  # a dispatcher has it or launched it: a delete_pod job is queued
     FINISHED = "finished"  # the try already ended; nothing to revoke
     UNKNOWN = "unknown"  # no record: never enqueued (or its record expired)
@@ -268,13 +289,15 @@ class TaskQueue:
         fields["created_at"] = fields["enqueued_at"] = stamp
         fields["origin"] = request.queue
         fields["description"] = job_description(request.key)
-        record = TryRecord(request.key, TryState.QUEUED, queue=request.queue)
+        record = TryRecord(request.key, TryState.QUEUED, queue=request.queue).to_fields()
+        if request.secret_env:  # the names (never values): a duplicate refreshes only these (see _ENQUEUE)
+            record["secret_env"] = ",".join(sorted(request.secret_env))
         return PreparedJob(
             key=request.key,
             job_id=job_id,
             queue=request.queue,
             job_fields=tuple(field_pairs(fields)),
-            record_fields=tuple(field_pairs(record.to_fields())),
+            record_fields=tuple(field_pairs(record)),
             secret_fields=tuple(item for name in request.secret_env for item in (name, values[name])),
         )
 
@@ -317,12 +340,14 @@ class TaskQueue:
         ]
         return [_enqueue_result(reply) for replies in self._run_enqueue(calls) for reply in replies]
 
-    def revoke(self, key: TaskKey, namespace: str) -> RevokeResult:
+    def revoke(self, key: TaskKey, namespace: str, *, forget: bool = False) -> RevokeResult:
         """Stop one try: take it off its queue if no dispatcher has it yet, else queue a pod deletion.
 
         The record is flagged ``revoked`` first in the same script, so a dispatcher that is about to
         launch it skips it, and one that just launched it deletes the pod it created. The pod is deleted
-        in the namespace its record names, else in ``namespace``.
+        in the namespace its record names, else in ``namespace``. With ``forget``, a try taken off its
+        queue before any dispatcher ran it is deleted instead (record, rq job, launch-secret hash; no
+        outcome): :attr:`RevokeAction.FORGOTTEN`, and enqueueing it again makes a new try.
         """
         job_id = job_id_for(key)
         queue, pod_namespace = (
@@ -358,6 +383,7 @@ class TaskQueue:
                 utcformat(delete_job.enqueued_at),
                 len(record_fields) // 2,
                 len(outcome_fields) // 2,
+                "1" if forget else "0",
                 *record_fields,
                 *outcome_fields,
                 *field_pairs(delete_job.to_dict()),
@@ -399,7 +425,7 @@ class TaskQueue:
                 self._keys.launch_secret(job.job_id),
             ]
             args += [job.job_id, before, len(job.job_fields) // 2, len(job.record_fields) // 2]
-            args.append(len(job.secret_fields) // 2)
+            args += [len(job.secret_fields) // 2, ",".join(sorted(job.secret_fields[::2]))]
             args += job.job_fields
             args += job.record_fields
             args += job.secret_fields

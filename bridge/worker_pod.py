@@ -40,9 +40,9 @@ from typing import Any
 from bridge.config import KubeConfig
 from bridge.errors import UserInputError
 from bridge.executor_config import KubernetesExecutorConfig, TaskPodConfig
-from bridge.naming import create_pod_id, task_key_annotations, task_key_labels
+from bridge.naming import create_pod_id, task_key_annotations, task_key_from_annotations, task_key_labels
 from bridge.pod_template import BASE_CONTAINER, base_container, load_pod_template
-from bridge.task_key import TaskKey
+from bridge.task_key import TaskKey, TaskKeyError
 
 INSTANCE_LABEL = "kbridge/instance"
 # On a pod whose try has secret env values: the name of the Secret holding them (the pod's own name).
@@ -152,6 +152,42 @@ def launch_secret_of(pod: Mapping[str, Any]) -> str | None:
     name = metadata.get("name")
     named = (metadata.get("annotations") or {}).get(LAUNCH_SECRET_ANNOTATION)
     return name if isinstance(name, str) and name and named == name else None
+
+
+def key_text(key: TaskKey) -> str:
+    """A try's key as log lines and messages show it."""
+    mapped = f" map={key.map_index}" if key.map_index >= 0 else ""
+    return f"{key.dag_id}.{key.task_id} run={key.run_id} try={key.try_number}{mapped}"
+
+
+def ownership_problem(obj: Any, key: TaskKey, instance: str, *, kind: str = "pod") -> str | None:
+    """Why the pod (or Secret) holding this try's name is not this try's of this bridge, or None if it is.
+
+    ``instance`` is the bridge's ``key_prefix`` (its instance label). Checked before the bridge touches an
+    object by name: a 409, and every delete of a launch Secret.
+    """
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    name = metadata.get("name", create_pod_id(key))
+    try:
+        owner = task_key_from_annotations(metadata.get("annotations"))
+    except TaskKeyError as exc:
+        return (
+            f"{kind} {name} already exists but is not a task {kind} ({exc}); delete it or rename it, then "
+            "retry the task"
+        )
+    if owner != key:
+        return (
+            f"{kind} {name} already exists for another try ({key_text(owner)}), not {key_text(key)}: a "
+            f"{kind} name collision; delete that {kind} or retry the task"
+        )
+    label = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
+    if label != instance:
+        return (
+            f"{kind} {name} belongs to bridge instance {label!r} ({INSTANCE_LABEL} label), not {instance!r}; "
+            "bridges sharing a namespace must run different DAGs or use different namespaces"
+        )
+    return None
 
 
 def reconcile_pods(base: Pod, override: Pod) -> Pod:

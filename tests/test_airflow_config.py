@@ -78,3 +78,13 @@ def test_running_pod_log_lines_must_be_a_positive_number(lines: str) -> None:
 def test_a_missing_bridge_file_is_named() -> None:
     with pytest.raises(ConfigError, match=r"/nowhere/kbridge\.cfg"):
         settings_from_airflow(DictConf({"kbridge_config": "/nowhere/kbridge.cfg"}), environ={})
+
+
+@pytest.mark.parametrize("form", ["cmd", "secret"])
+def test_cmd_and_secret_forms_are_refused_not_silently_ignored(form: str) -> None:
+    environ = {f"AIRFLOW__{SECTION.upper()}__REDIS_URL_{form.upper()}": "cat /run/redis-url"}
+    with pytest.raises(ConfigError) as raised:
+        settings_from_airflow(DictConf(), environ=environ)
+    [problem] = raised.value.problems
+    assert problem.startswith(f"[{SECTION}] redis_url_{form}: Airflow does not run _{form}")
+    assert "KBRIDGE__<SECTION>__REDIS_URL" in problem

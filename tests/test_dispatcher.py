@@ -23,12 +23,15 @@ from typing import Any
 import pytest
 import redis
 import rq
+import urllib3
+from kubernetes.client import ApiException
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bridge.config import KubeConfig
 from bridge.connection import redis_from_config
 from bridge.errors import UserInputError
+from bridge.executor import KubernetesExecutor
 from bridge.executor_config import parse_executor_config
 from bridge.jobs import SERIALIZER, BridgeJob
 from bridge.kube_client import core_v1
@@ -52,6 +55,8 @@ from bridge.redis_server import RedisServer, free_loopback_port
 from bridge.sim.cluster import Simulator
 from bridge.task_key import TaskKey
 from bridge.worker_pod import build_launch_secret, build_worker_pod
+from tests.pod_log import pod_log
+from tests.test_watcher import watching
 from tests.waiting import wait_until
 from workers.dispatcher import Dispatcher, DispatcherWorker, build_worker, main
 from workers.reaper import Heartbeat
@@ -878,7 +883,7 @@ def test_a_process_pod_sees_its_secret_value_where_its_args_say_dollar_name(
         "the pod to run",
         timeout=30,
     )
-    log = api(simulator).read_namespaced_pod_log(job_id, "default")
+    log = pod_log(api(simulator), job_id, "default")
     expected = hashlib.sha256(SECRET_ENV["KBRIDGE_WORKLOAD_JSON"].encode()).hexdigest()
     assert log.strip() == f"sha256 {expected}"
 
@@ -892,7 +897,8 @@ def test_a_launch_whose_secret_expired_fails_without_a_pod_or_a_secret(
     run_burst(config)
     failed = record(redis_client, key())
     assert (failed.state, failed.reason) == (TryState.FAILED, "LaunchSecretExpired")
-    assert "waited longer than [bridge] launch_secret_ttl_seconds = 900" in failed.message
+    assert "waited for a dispatcher longer than the executor's launch_secret_ttl_seconds" in failed.message
+    assert "900" not in failed.message  # the dispatcher's own setting is not the one that applied
     assert "Queue the task again" in failed.message
     assert [(outcome.state, outcome.reason) for outcome in outcomes(redis_client)] == [
         (TryState.FAILED, "LaunchSecretExpired")
@@ -986,3 +992,172 @@ def test_a_revoked_launch_with_secret_env_leaves_no_secret_behind(
     assert record(redis_client, key()).state is TryState.REVOKED
     assert secret_names(simulator) == []
     assert not redis_client.exists(KEYS.launch_secret(job_id))
+
+
+class Wrapped:
+    """The simulator's client with some methods replaced (a fault the fault injector cannot express)."""
+
+    def __init__(self, real: Any, **methods: Callable[..., Any]) -> None:
+        self._real = real
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> Any:
+        return self._methods.get(name) or getattr(self._real, name)
+
+
+def launch_directly(config: KubeConfig, client: redis.Redis, wrapped: Any) -> dict[str, Any]:
+    """One launch job's function, run with ``wrapped`` as its API client and no waits between retries."""
+    request = LaunchRequest(key(), ARGV, QUEUE, {}, utc_now(), tuple(SECRET_ENV))
+    dispatcher = Dispatcher(config, client, wrapped, sleep=lambda _seconds: None)
+    return dispatcher.launch(request.to_payload(None))
+
+
+def test_a_secret_create_that_times_out_after_the_server_made_it_is_deleted(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config(kubernetes={"task_publish_max_retries": "2"})
+    real = core_v1(config)
+    attempts: list[int] = []
+
+    def create_then_time_out(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        try:
+            real.create_namespaced_secret(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: made by the first attempt
+                raise
+        raise urllib3.exceptions.ReadTimeoutError(None, "/", "Read timed out.")  # type: ignore[arg-type]
+
+    enqueue_with_secret(redis_client, config, key())
+    result = launch_directly(
+        config, redis_client, Wrapped(real, create_namespaced_secret=create_then_time_out)
+    )
+    assert (result["result"], result["reason"]) == ("failed", "ApiUnavailable")
+    assert len(attempts) == 3
+    assert secret_names(simulator) == []  # the Secret the server made for a lost answer went
+    assert pods(simulator) == {}
+
+
+def test_a_refused_secret_write_reports_status_and_reason_never_the_body(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    real = core_v1(config)
+
+    def refuse_with_body(*args: Any, **kwargs: Any) -> Any:
+        error = ApiException(status=422, reason="Unprocessable Entity")
+        error.body = json.dumps({"kind": "Status", "message": f"webhook denied: {TOKEN} is forbidden"})
+        raise error
+
+    enqueue_with_secret(redis_client, config, key())
+    result = launch_directly(config, redis_client, Wrapped(real, create_namespaced_secret=refuse_with_body))
+    assert (result["result"], result["reason"]) == ("failed", "Rejected")
+    assert "HTTP 422 Unprocessable Entity" in result["message"]
+    assert TOKEN not in json.dumps(result)
+    assert TOKEN not in record(redis_client, key()).message
+    assert all(TOKEN not in outcome.message for outcome in outcomes(redis_client))
+
+
+@pytest.mark.parametrize("meanwhile", ["revoked", "finished"])
+def test_a_launch_without_its_secret_or_pod_rereads_the_record_before_calling_it_expired(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator, meanwhile: str
+) -> None:
+    config = bridge_config()
+    real = core_v1(config)
+    job_id = enqueue_with_secret(redis_client, config, key())
+    redis_client.delete(KEYS.launch_secret(job_id))  # a revoke deletes it; so does a run that launched it
+    records = TryRecords(redis_client, KEYS, 600)
+
+    def read_pod(*args: Any, **kwargs: Any) -> Any:
+        # after this run read the record (queued) and the hash (gone), before it looks for the pod
+        if meanwhile == "revoked":
+            records.mark_revoked(job_id)
+        else:  # another run launched it, and the pod ran and was deleted
+            records.advance(TryRecord(key(), TryState.LAUNCHED, pod=job_id, namespace="default"))
+            records.advance(TryRecord(key(), TryState.SUCCESS, exit_code=0))
+        return real.read_namespaced_pod(*args, **kwargs)
+
+    result = launch_directly(config, redis_client, Wrapped(real, read_namespaced_pod=read_pod))
+    after = record(redis_client, key())
+    if meanwhile == "revoked":
+        assert result["result"] == "revoked"
+        assert (after.state, after.reason) == (TryState.REVOKED, "Revoked")
+    else:
+        assert result["result"] == "launched"
+        assert after.state is TryState.SUCCESS
+    assert "LaunchSecretExpired" not in {outcome.reason for outcome in outcomes(redis_client)}
+    assert pods(simulator) == {}
+
+
+def test_a_delete_job_removes_a_secret_left_without_its_pod_but_never_another_ones(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    dispatcher = Dispatcher(config, redis_client, core_v1(config))
+    # a dispatcher died between the Secret and the pod; then the try was revoked (a delete_pod job)
+    api(simulator).create_namespaced_secret("default", build_launch_secret(key(1), {"X": b"y"}, config))
+    TryRecords(redis_client, KEYS, 600).advance(TryRecord(key(1), TryState.QUEUED, queue=QUEUE))
+    result = dispatcher.delete(DeleteRequest(key(1), "default").to_payload(None))
+    assert result["result"] == "revoked"
+    assert secret_names(simulator) == []
+    # a Secret of someone else with the try's name stays, and so does one of another bridge instance
+    api(simulator).create_namespaced_secret(
+        "default", {"metadata": {"name": job_id_for(key(2))}, "stringData": {"password": "theirs"}}
+    )
+    other = build_launch_secret(key(3), {"X": b"y"}, config)
+    other["metadata"]["labels"]["kbridge/instance"] = "another-bridge"
+    api(simulator).create_namespaced_secret("default", other)
+    for task in (key(2), key(3)):
+        TryRecords(redis_client, KEYS, 600).advance(TryRecord(task, TryState.QUEUED, queue=QUEUE))
+        assert dispatcher.delete(DeleteRequest(task, "default").to_payload(None))["result"] == "revoked"
+    assert sorted(secret_names(simulator)) == sorted([job_id_for(key(2)), job_id_for(key(3))])
+
+
+def test_a_secret_replaced_after_its_ownership_check_is_not_deleted(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = bridge_config()
+    real = core_v1(config)
+    job_id = job_id_for(key())
+    api(simulator).create_namespaced_secret("default", build_launch_secret(key(), {"X": b"old"}, config))
+
+    def read_then_replace(*args: Any, **kwargs: Any) -> Any:
+        checked = real.read_namespaced_secret(*args, **kwargs)
+        real.delete_namespaced_secret(job_id, "default")  # someone made the name anew meanwhile
+        real.create_namespaced_secret("default", {"metadata": {"name": job_id}, "stringData": {"k": "new"}})
+        return checked
+
+    TryRecords(redis_client, KEYS, 600).advance(TryRecord(key(), TryState.QUEUED, queue=QUEUE))
+    dispatcher = Dispatcher(config, redis_client, Wrapped(real, read_namespaced_secret=read_then_replace))
+    assert dispatcher.delete(DeleteRequest(key(), "default").to_payload(None))["result"] == "revoked"
+    assert read_secret(simulator, job_id).data == {"k": base64.b64encode(b"new").decode()}
+
+
+def test_a_try_revoked_unreported_before_launch_runs_when_its_key_is_queued_again(
+    bridge_config: ConfigFactory, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    # Airflow's stuck-in-queued recovery: revoke_task (report=False), then execute_async of the same key.
+    config = bridge_config(
+        kubernetes={"worker_pods_pending_timeout": "0"}, bridge={"watcher_lease_seconds": "2"}
+    )
+    executor = KubernetesExecutor(config, redis=redis_client)
+    executor.start()
+    argv = ["python", "-c", "pass", "$(KBRIDGE_WORKLOAD_JSON)"]
+    executor.execute_async(key(), argv, secret_env=SECRET_ENV)
+    executor.sync()
+    assert executor.revoke(key(), report=False)
+    executor.execute_async(key(), argv, secret_env=SECRET_ENV)
+    executor.sync()
+    run_burst(config)
+    assert record(redis_client, key()).state is TryState.LAUNCHED
+    with watching(config):
+
+        def finished() -> bool:
+            executor.sync()
+            return key() not in executor.running
+
+        wait_until(finished, "the try to finish", timeout=30)
+    assert executor.get_event_buffer()[key()][0] == "success"
+    states = [outcome.state for outcome in outcomes(redis_client)]
+    assert states[-1] is TryState.SUCCESS
+    assert TryState.REVOKED not in states  # nothing of the revoked first life

@@ -711,9 +711,32 @@ def test_secret_env_values_are_only_ever_in_their_launch_secret_hash(
         ({5: TOKEN}, "secret_env: a name must be a string, got int"),
         ({"WORKLOAD": 5}, "secret_env['WORKLOAD'] must be a string, got int; pass the value as text"),
         ({"WORKLOAD": TOKEN + "\ud800"}, "secret_env['WORKLOAD'] is not valid Unicode text"),
-        ({"WORKLOAD": TOKEN + "x" * 512 * 1024}, "more than the 524288 allowed (the pod's Secret is limited"),
+        ({"WORKLOAD": TOKEN + "\x00"}, "secret_env['WORKLOAD'] contains a NUL character"),
+        (
+            {"WORKLOAD": TOKEN + "x" * (128 * 1024 - len("WORKLOAD=") - len(TOKEN))},
+            "as 'WORKLOAD=<value>' it takes 131073 bytes, more than the 131072 Linux allows one environment",
+        ),
+        (
+            {f"V{index}": TOKEN + "x" * (110 * 1024) for index in range(5)},
+            "(names and values), more than the 524288 allowed (Kubernetes limits the pod's Secret to 1 MiB",
+        ),
+        (
+            {f"V{index}": TOKEN for index in range(65)},
+            "secret_env has 65 names, more than the 64 allowed",
+        ),
     ],
-    ids=["list", "dash", "digit", "not-a-string-name", "not-a-string-value", "surrogate", "too-big"],
+    ids=[
+        "list",
+        "dash",
+        "digit",
+        "not-a-string-name",
+        "not-a-string-value",
+        "surrogate",
+        "nul",
+        "value-too-long",
+        "too-big",
+        "too-many",
+    ],
 )
 def test_bad_secret_env_fails_only_that_task_naming_the_field_never_the_value(
     redis_server: RedisServer,
@@ -736,15 +759,23 @@ def test_bad_secret_env_fails_only_that_task_naming_the_field_never_the_value(
     assert all(TOKEN not in text for text in stored_text(redis_client).values())
 
 
-def test_a_secret_env_of_exactly_the_limit_is_accepted(
+def test_secret_env_values_of_exactly_the_limits_are_accepted(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     executor = make_executor(redis_server)
-    name = "WORKLOAD"
-    executor.execute_async(key("big"), COMMAND, secret_env={name: "x" * (512 * 1024 - len(name))})
+    # one value as long as Linux lets an environment string be: "WORKLOAD=" + value + NUL = 128 KiB
+    longest = "x" * (128 * 1024 - len("WORKLOAD=") - 1)
+    executor.execute_async(key("long"), COMMAND, secret_env={"WORKLOAD": longest})
+    # names and values of exactly 512 KiB in all: four values of 128 KiB ("Vn=" + value + NUL), and a fifth
+    values = {f"V{index}": "x" * (128 * 1024 - 4) for index in range(4)}
+    values["V4"] = "x" * (512 * 1024 - sum(len(name) + len(value) for name, value in values.items()) - 2)
+    executor.execute_async(key("big"), COMMAND, secret_env=values)
+    executor.execute_async(key("many"), COMMAND, secret_env={f"V{index}": "v" for index in range(64)})
     executor.sync()
-    assert executor.running == {key("big")}
-    assert redis_client.hstrlen(KEYS.launch_secret(job_id_for(key("big"))), name) == 512 * 1024 - len(name)
+    assert executor.get_event_buffer() == {}
+    assert executor.running == {key("long"), key("big"), key("many")}
+    assert redis_client.hstrlen(KEYS.launch_secret(job_id_for(key("long"))), "WORKLOAD") == len(longest)
+    assert redis_client.hlen(KEYS.launch_secret(job_id_for(key("many")))) == 64
 
 
 def test_revoke_without_report_never_puts_an_event_in_the_buffer(
@@ -771,6 +802,32 @@ def test_revoke_without_report_never_puts_an_event_in_the_buffer(
     # outcomes read meanwhile are kept as for an unknown try: an adoption would report them
     assert executor.adopt([launched]) == []
     assert events(executor) == {launched: ("failed", "Revoked")}
+
+
+def test_revoke_without_report_forgets_a_try_never_launched_so_the_same_key_runs_again(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    executor = make_executor(redis_server)
+    queued, unsent = key("queued"), key("unsent")
+    executor.execute_async(queued, COMMAND, secret_env={"WORKLOAD": TOKEN})
+    executor.sync()
+    executor.execute_async(unsent, COMMAND)
+    # an outcome of an earlier life of the key, read before: it must not settle the try queued again
+    executor._remember(Outcome(queued, TryState.FAILED, "Error", source="watcher"))
+    assert executor.revoke(queued, report=False)
+    assert executor.revoke(unsent, report=False)
+    job_id = job_id_for(queued)
+    assert stored_text(redis_client).keys() <= {KEYS.results, "rq:queues", QUEUE}  # nothing of the try
+    assert queued_ids(redis_client) == []
+    for task in (queued, unsent):  # Airflow's stuck-in-queued recovery queues the same keys again
+        executor.execute_async(task, COMMAND, secret_env={"WORKLOAD": TOKEN})
+    executor.sync()
+    assert queued_ids(redis_client) == [job_id, job_id_for(unsent)]
+    assert executor.running == {queued, unsent}
+    report(redis_client, queued, TryState.LAUNCHED)
+    report(redis_client, queued, TryState.SUCCESS, exit_code=0)
+    executor.sync()
+    assert events(executor) == {queued: ("success", "")}
 
 
 def test_adopt_says_none_while_redis_is_unreachable_and_clear_says_nothing_was_decided(

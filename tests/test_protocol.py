@@ -108,6 +108,7 @@ def test_an_unsigned_request_is_refused_when_a_key_is_configured() -> None:
         ({"secret_env": ["BAD-NAME"]}, "'secret_env': a name 'BAD-NAME' is not a valid name"),
         ({"secret_env": ["1ST"]}, "'secret_env': a name '1ST' is not a valid name"),
         ({"secret_env": ["A", "A"]}, "'secret_env' names a variable twice"),
+        ({"secret_env": [f"V{n}" for n in range(65)]}, "'secret_env' names 65 variables, more than the 64"),
     ],
 )
 def test_malformed_launch_requests_name_the_field(change: dict[str, Any], field: str) -> None:

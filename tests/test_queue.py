@@ -21,6 +21,7 @@ from bridge.protocol import (
     DELETE_POD,
     JOB_RESULT_TTL_SECONDS,
     LAUNCH_POD,
+    MAX_SECRET_ENV_NAMES,
     DeleteRequest,
     Keys,
     LaunchRequest,
@@ -501,3 +502,66 @@ def test_revoking_a_try_deletes_its_launch_secret(redis_client: redis.Redis, lau
     result = queue.revoke(KEY, "ns")
     assert result.action is (RevokeAction.DELETE_QUEUED if launched else RevokeAction.DEQUEUED)
     assert not redis_client.exists(KEYS.launch_secret(job_id))
+
+
+def test_a_duplicate_with_other_names_does_not_refresh_the_launch_secret(redis_client: redis.Redis) -> None:
+    queue = task_queue(redis_client)
+    secret_key = KEYS.launch_secret(job_id_for(KEY))
+    queue.enqueue([queue.build(secret_request(), SECRET_ENV)])
+    assert (
+        text_hash(redis_client, KEYS.try_record(job_id_for(KEY)))["secret_env"]
+        == "KBRIDGE_WORKLOAD_JSON,OTHER"
+    )
+    renamed = LaunchRequest(
+        KEY, ("true",), QUEUE, {}, "2026-11-24T00:00:00.000+00:00", ("KBRIDGE_WORKLOAD_JSON",)
+    )
+    assert flags(queue.enqueue([queue.build(renamed, {"KBRIDGE_WORKLOAD_JSON": "fresher"})])) == [False]
+    assert text_hash(redis_client, secret_key) == SECRET_ENV  # the queued job reads both of its names
+    reordered = LaunchRequest(
+        KEY, ("true",), QUEUE, {}, "2026-11-24T00:00:00.000+00:00", ("OTHER", "KBRIDGE_WORKLOAD_JSON")
+    )
+    fresher = {"KBRIDGE_WORKLOAD_JSON": "fresher token", "OTHER": "fresher"}
+    assert flags(queue.enqueue([queue.build(reordered, fresher)])) == [False]
+    assert text_hash(redis_client, secret_key) == fresher  # the same names in another order: refreshed
+
+
+def test_too_many_secret_names_refuse_that_job_before_any_write_and_the_next_is_enqueued(
+    redis_client: redis.Redis,
+) -> None:
+    queue = task_queue(redis_client)
+    names = tuple(f"V{index}" for index in range(MAX_SECRET_ENV_NAMES + 1))
+    many = LaunchRequest(KEY, ("true",), QUEUE, {}, "2026-11-24T00:00:00.000+00:00", names)
+    after = TaskKey("etl", "after", "run")
+    refused, enqueued = queue.enqueue(
+        [queue.build(many, dict.fromkeys(names, "value")), queue.build(secret_request(after), SECRET_ENV)]
+    )
+    assert refused.status is EnqueueStatus.REFUSED
+    assert f"has 65 names, more than {MAX_SECRET_ENV_NAMES}" in refused.message
+    assert enqueued.status is EnqueueStatus.ENQUEUED
+    job_id = job_id_for(KEY)
+    for written in (Keys.rq_job(job_id), KEYS.try_record(job_id), KEYS.launch_secret(job_id)):
+        assert not redis_client.exists(written), written
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [job_id_for(after).encode()]
+
+
+def test_revoke_with_forget_deletes_a_never_run_try_so_it_can_be_enqueued_again(
+    redis_client: redis.Redis,
+) -> None:
+    queue = task_queue(redis_client)
+    job_id = job_id_for(KEY)
+    queue.enqueue([queue.build(secret_request(), SECRET_ENV)])
+    result = queue.revoke(KEY, "ns", forget=True)
+    assert (result.action, result.state) == (RevokeAction.FORGOTTEN, TryState.QUEUED)
+    for gone in (Keys.rq_job(job_id), KEYS.try_record(job_id), KEYS.launch_secret(job_id)):
+        assert not redis_client.exists(gone), gone
+    assert redis_client.llen(Keys.rq_queue(QUEUE)) == 0
+    assert redis_client.xlen(KEYS.results) == 0  # no outcome for a try that is forgotten
+    assert flags(queue.enqueue([queue.build(secret_request(), SECRET_ENV)])) == [True]  # new again
+    assert text_hash(redis_client, KEYS.launch_secret(job_id)) == SECRET_ENV
+
+    # a try a dispatcher ran before (its pod may exist) is revoked as without forget: pod deletion queued
+    redis_client.hset(Keys.rq_job(job_id), "worker_name", "kbridge-dispatcher-gone")
+    result = queue.revoke(KEY, "ns", forget=True)
+    assert result.action is RevokeAction.DEQUEUED
+    assert redis_client.lrange(Keys.rq_queue(QUEUE), 0, -1) == [f"{job_id}-delete".encode()]
+    assert text_hash(redis_client, KEYS.try_record(job_id))["state"] == "revoked"

@@ -754,3 +754,48 @@ def test_a_finished_pods_launch_secret_is_deleted_and_no_other_secret(
         )
     if keep:
         assert all(labels.get(DONE_LABEL) == "true" for labels in cluster.pods().values())
+
+
+def secret_pod(cluster: Cluster, task: str, *, outcome: str = "succeed", run_seconds: int = 0) -> str:
+    """A launched try whose launch Secret the pod does not own (its owner patch failed, or never ran)."""
+    key = TaskKey("dag", task, "run")
+    annotations = {"sim.kbridge.io/outcome": outcome, "sim.kbridge.io/run-seconds": str(run_seconds)}
+    override = parse_executor_config({"pod_override": {"metadata": {"annotations": annotations}}})
+    pod = build_worker_pod(key, ["true"], override, cluster.config, secret_env=("TOKEN",))
+    cluster.api.create_namespaced_secret(NAMESPACE, build_launch_secret(key, {"TOKEN": b"t"}, cluster.config))
+    cluster.records.advance(TryRecord(key, TryState.QUEUED, queue="default"))
+    cluster.api.create_namespaced_pod(NAMESPACE, pod)
+    cluster.records.advance(TryRecord(key, TryState.LAUNCHED, pod=job_id_for(key), namespace=NAMESPACE))
+    return job_id_for(key)
+
+
+def secrets_left(cluster: Cluster) -> list[str]:
+    return [secret.metadata.name for secret in cluster.api.list_namespaced_secret(NAMESPACE).items]
+
+
+@pytest.mark.parametrize("grace", [0, 30], ids=["deleted", "being-deleted"])
+def test_a_hand_deleted_pods_launch_secret_is_deleted(
+    bridge_config: MakeConfig, redis_client: redis.Redis, grace: int
+) -> None:
+    config = fast_config(bridge_config)
+    cluster = Cluster(config, redis_client)
+    with watching(config):
+        job_id = secret_pod(cluster, "deleted-by-hand", run_seconds=600)
+        wait_until(lambda: cluster.phases(job_id) == ["Running"], "the pod to run")
+        cluster.api.delete_namespaced_pod(job_id, NAMESPACE, grace_period_seconds=grace)
+        wait_until(lambda: secrets_left(cluster) == [], "the launch Secret of the deleted pod to be deleted")
+
+
+def test_a_pod_whose_secret_cannot_be_deleted_is_kept_until_the_sweep_deletes_both(
+    bridge_config: MakeConfig, redis_client: redis.Redis, simulator: Simulator
+) -> None:
+    config = fast_config(bridge_config, delete_worker_pods="True")
+    cluster = Cluster(config, redis_client)
+    fault = simulator.faults.inject(verb="delete", resource="secrets", status=503, count=None)
+    with watching(config):
+        job_id = secret_pod(cluster, "kept")
+        cluster.wait_finished(job_id)
+        wait_until(lambda: fault.hits >= 2, "the sweep to try the Secret again")
+        assert job_id in cluster.pods()  # deleting it would lose the only pointer to its Secret
+        simulator.faults.clear()
+        wait_until(lambda: secrets_left(cluster) == [] and cluster.pods() == {}, "the Secret, then the pod")

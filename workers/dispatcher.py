@@ -23,8 +23,11 @@ a per-queue intermediate list), a started registry, warm shutdown on SIGTERM and
   pod through a Secret named like it, created *before* the pod (a pod whose secretKeyRef is missing shows
   ``CreateContainerConfigError``, which the watcher treats as fatal), then owned by the pod so Kubernetes
   deletes it with the pod. The hash is deleted once the job has answered; a hash already gone fails the try
-  ("LaunchSecretExpired") unless its pod exists, i.e. another run of the job launched it. Values are never
-  logged nor put in a message, a record or the job result.
+  ("LaunchSecretExpired") unless its pod exists or its record shows another run of the job launched it
+  (or that it was revoked). A Secret left by a failed create, a refused pod or a run that died before its
+  pod is deleted on the way out, by a revoke or by a delete_pod job, always after checking it is this
+  try's and with its uid as a precondition. Values are never logged nor put in a message, a record or the
+  job result; refused Secret writes are reported by status and reason only.
 
 Every try moves through :class:`bridge.records.TryRecords` only: ``queued`` → ``launched`` here (or
 ``failed``/``revoked``, streamed to the executor with ``source="dispatcher"``); the watcher does the rest.
@@ -48,7 +51,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import urllib3
-from kubernetes.client import ApiException, V1DeleteOptions
+from kubernetes.client import ApiException, V1DeleteOptions, V1Preconditions
 from kubernetes.config import ConfigException
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,7 +70,6 @@ from bridge.errors import UserInputError
 from bridge.executor_config import parse_executor_config
 from bridge.jobs import SERIALIZER, UnknownJobFunction, job_class_with
 from bridge.kube_client import backoff_seconds, core_v1, request_args
-from bridge.naming import task_key_from_annotations
 from bridge.protocol import (
     DELETE_POD,
     LAUNCH_POD,
@@ -84,7 +86,7 @@ from bridge.protocol import (
 )
 from bridge.records import TryRecords
 from bridge.task_key import TaskKey, TaskKeyError
-from bridge.worker_pod import INSTANCE_LABEL, build_launch_secret, build_worker_pod, launch_secret_of
+from bridge.worker_pod import build_launch_secret, build_worker_pod, key_text, ownership_problem
 from workers.reaper import Heartbeat, Reaper, heartbeat_age, requeue_own_job
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,10 @@ REDIS_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 REDIS_MAX_PAUSE_SECONDS = 5.0
 
 T = TypeVar("T")
+
+
+class _RevokedMeanwhile(Exception):
+    """The try was revoked while its launch ran (its launch-secret hash went with the revoke)."""
 
 
 class DispatchRejected(Exception):
@@ -153,17 +159,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _status(exc: BaseException) -> str:
+    """An error without the API's response body (which may quote what the request sent)."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".rstrip()
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _read_json(response: Any) -> Any:
     """Body of a ``_preload_content=False`` answer as JSON; the connection goes back to the pool."""
     try:
         return json.loads(response.data)
     finally:
         response.release_conn()
-
-
-def _key_text(key: TaskKey) -> str:
-    mapped = f" map={key.map_index}" if key.map_index >= 0 else ""
-    return f"{key.dag_id}.{key.task_id} run={key.run_id} try={key.try_number}{mapped}"
 
 
 def _single_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str) -> Any:
@@ -290,11 +298,10 @@ class Dispatcher:
 
     def _launch(self, request: LaunchRequest, deadline: float) -> dict[str, Any]:
         key, name = request.key, request.job_id
-        secret = bool(request.secret_env)
         record = self._with_redis(self._records.get, name, deadline=deadline)
         if record is not None and record.revoked:
             # an earlier run of this job (requeued by a reaper) may have created the pod: look for it
-            return self._revoke(key, "revoked before its pod was created", deadline, secret=secret)
+            return self._revoke(key, "revoked before its pod was created", deadline)
         if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
             log.info("job %s: skipped, the try is already %s", name, record.state.value)
             return {"job_id": name, "result": "skipped", "state": record.state.value}
@@ -304,15 +311,17 @@ class Dispatcher:
             return self._fail(key, "InvalidPodSpec", str(exc), deadline)
         started = self._clock()
         try:
-            if secret:
+            if request.secret_env:
                 how = self._create_with_secret(request, pod, deadline)
             else:
                 how, _ = self._create(pod, key, deadline)
         except DispatchRejected as exc:
             return self._fail(key, exc.reason, exc.message, deadline)
+        except _RevokedMeanwhile:
+            return self._revoke(key, "revoked before its pod was created", deadline)
         latest = self._with_redis(self._records.get, name, deadline=deadline)
         if latest is not None and latest.revoked:  # revoked while we were creating it: take it back
-            return self._revoke(key, "revoked while its pod was being created", deadline, secret=secret)
+            return self._revoke(key, "revoked while its pod was being created", deadline)
         if latest is not None and latest.terminal and how == "created":
             # Another run of this job launched the try, its pod finished and was deleted, and this run
             # then created the name again: a second pod for a finished try must not run.
@@ -323,7 +332,7 @@ class Dispatcher:
                 latest.state.value,
             )
             try:
-                gone = self._delete_pod(name, key, deadline, secret=secret)
+                gone = self._delete_pod(name, key, deadline)
             except DispatchRejected as exc:
                 log.error("job %s: could not delete the duplicate pod %s: %s", name, name, exc.message)
                 gone = f"could not be deleted: {exc.message}"
@@ -334,7 +343,7 @@ class Dispatcher:
             deadline=deadline,
         )
         elapsed_ms = (self._clock() - started) * 1000
-        log.info("job %s: pod %s %s in %.0f ms (%s)", name, name, how, elapsed_ms, _key_text(key))
+        log.info("job %s: pod %s %s in %.0f ms (%s)", name, name, how, elapsed_ms, key_text(key))
         return {"job_id": name, "result": "launched", "pod": name, "namespace": self._namespace, "how": how}
 
     def _create(self, pod: dict[str, Any], key: TaskKey, deadline: float) -> tuple[str, str | None]:
@@ -391,7 +400,7 @@ class Dispatcher:
                 f"pod {name} existed when this try was launched but was deleted before it could be checked; "
                 "retry the task",
             ) from None
-        problem = _ownership_problem(pod, key, self._config.key_prefix)
+        problem = ownership_problem(pod, key, self._config.key_prefix)
         if problem is not None:
             raise DispatchRejected("NameConflict", problem)
         return "already existed", _uid(pod)
@@ -410,21 +419,26 @@ class Dispatcher:
 
     def _create_with_secret(self, request: LaunchRequest, pod: dict[str, Any], deadline: float) -> str:
         """Create the try's Secret from its launch-secret hash, then its pod, then make the pod own the
-        Secret; "created" or "already existed" as :meth:`_create`, else :class:`DispatchRejected`."""
+        Secret; "created" or "already existed" as :meth:`_create`, else :class:`DispatchRejected` (or
+        :class:`_RevokedMeanwhile`)."""
         key, name = request.key, request.job_id
         values = self._with_redis(self._launch_secret_values, name, deadline=deadline)
-        if all(variable in values for variable in request.secret_env):
-            secret = build_launch_secret(
-                key, {variable: values[variable] for variable in request.secret_env}, self._config
-            )
+        if not all(variable in values for variable in request.secret_env):
+            return self._launched_without_secret(request, deadline)
+        secret = build_launch_secret(
+            key, {variable: values[variable] for variable in request.secret_env}, self._config
+        )
+        try:
             self._put_secret(secret, key, deadline)
-            try:
-                how, uid = self._create(pod, key, deadline)
-            except DispatchRejected:
-                self._delete_secret(name, deadline)  # no pod will ever read it
-                raise
-        else:
-            how, uid = self._launched_without_secret(request, deadline)
+        except DispatchRejected as exc:
+            if exc.reason != "NameConflict":  # a create that timed out may have made it on the server
+                self._delete_secret(name, key, deadline)
+            raise
+        try:
+            how, uid = self._create(pod, key, deadline)
+        except DispatchRejected:
+            self._delete_secret(name, key, deadline)  # no pod will ever read it
+            raise
         if uid is None:
             log.warning(
                 "job %s: the uid of pod %s is unknown, so Secret %s is not owned by it; the watcher deletes "
@@ -444,32 +458,46 @@ class Dispatcher:
             for variable, value in raw.items()
         }
 
-    def _launched_without_secret(self, request: LaunchRequest, deadline: float) -> tuple[str, str | None]:
-        """The launch-secret hash is gone: launched (the pod's uid) if this try's pod exists, which another
-        run of this job created before deleting the hash; else the values expired and the try fails."""
-        name = request.job_id
+    def _launched_without_secret(self, request: LaunchRequest, deadline: float) -> str:
+        """The launch-secret hash is gone: launched if this try's pod exists (another run of this job
+        created it, then deleted the hash) or its record says so; revoked if it was; else the values
+        expired and the try fails."""
+        key, name = request.key, request.job_id
         try:
             pod = self._read_pod(name, deadline)
         except ApiException as exc:
             if exc.status != 404:
                 raise DispatchRejected("Rejected", f"pod {name} cannot be read: {_describe(exc)}") from None
-            self._delete_secret(name, deadline)  # an earlier run may have made it before it died
-            ttl = self._config.launch_secret_ttl_seconds
-            raise DispatchRejected(
-                "LaunchSecretExpired",
-                f"the secret env values of this try ({', '.join(request.secret_env)}) are no longer in "
-                f"Redis: the launch waited longer than [bridge] launch_secret_ttl_seconds = {ttl} for a "
-                "dispatcher, or its values were already used; no pod was created. Queue the task again (it "
-                "brings fresh values), and if launches often wait this long, add dispatchers or raise "
-                "launch_secret_ttl_seconds",
-            ) from None
-        problem = _ownership_problem(pod, request.key, self._config.key_prefix)
-        if problem is not None:
-            raise DispatchRejected("NameConflict", problem)
-        return "already existed", _uid(pod)
+        else:
+            problem = ownership_problem(pod, key, self._config.key_prefix)
+            if problem is not None:
+                raise DispatchRejected("NameConflict", problem)
+            uid = _uid(pod)
+            if uid is not None:  # the run that created it may have died before this
+                self._own_secret(name, uid, deadline)
+            return "already existed"
+        # No pod: another run may have launched it and the pod ended and went, or the try was revoked
+        # meanwhile (the revoke deleted the hash).
+        record = self._with_redis(self._records.get, name, deadline=deadline)
+        if record is not None and record.revoked:
+            raise _RevokedMeanwhile
+        if record is not None and STATE_RANK[record.state] >= STATE_RANK[TryState.LAUNCHED]:
+            return "already existed"
+        self._delete_secret(name, key, deadline)  # an earlier run may have made it before it died
+        raise DispatchRejected(
+            "LaunchSecretExpired",
+            f"the secret env values of this try ({', '.join(request.secret_env)}) are no longer in Redis: "
+            "the launch waited for a dispatcher longer than the executor's launch_secret_ttl_seconds "
+            "allowed, or its values were already used; no pod was created. Queue the task again (it brings "
+            "fresh values), and if launches often wait this long, add dispatchers or raise "
+            "launch_secret_ttl_seconds in the executor's configuration",
+        )
 
     def _put_secret(self, secret: dict[str, Any], key: TaskKey, deadline: float) -> None:
-        """Create the Secret; one of this try's left by an earlier run of the job gets the current values."""
+        """Create the Secret; one of this try's left by an earlier run of the job gets the current values.
+
+        Errors name the API's status and reason only: the body of a refused write may quote the values.
+        """
         name = secret["metadata"]["name"]
         try:
             _read_json(
@@ -479,29 +507,26 @@ class Dispatcher:
                         self._namespace, secret, _preload_content=False, **args
                     ),
                     deadline,
+                    reveal=False,
                 )
             )
             return
         except ApiException as exc:
             if exc.status != 409:
                 raise DispatchRejected(
-                    "Rejected",
-                    f"the API server rejected Secret {name} (HTTP {exc.status}): {_api_message(exc)}",
+                    "Rejected", f"the API server rejected Secret {name} ({_status(exc)})"
                 ) from None
         try:
-            existing = _read_json(
-                self._call(
-                    f"read Secret {name}",
-                    lambda args: self._api.read_namespaced_secret(
-                        name, self._namespace, _preload_content=False, **args
-                    ),
-                    deadline,
-                )
-            )
-            problem = _ownership_problem(existing, key, self._config.key_prefix, kind="Secret")
-            if problem is not None:
-                raise DispatchRejected("NameConflict", problem)
-            replace_data = [{"op": "add", "path": "/data", "value": secret["data"]}]
+            existing = self._read_secret(name, deadline)
+        except ApiException as exc:
+            raise DispatchRejected(
+                "Rejected", f"Secret {name} exists and cannot be read: {_describe(exc)}"
+            ) from None
+        problem = ownership_problem(existing, key, self._config.key_prefix, kind="Secret")
+        if problem is not None:
+            raise DispatchRejected("NameConflict", problem)
+        replace_data = [{"op": "add", "path": "/data", "value": secret["data"]}]
+        try:
             _read_json(
                 self._call(
                     f"update Secret {name}",
@@ -509,12 +534,24 @@ class Dispatcher:
                         name, self._namespace, replace_data, _preload_content=False, **args
                     ),
                     deadline,
+                    reveal=False,
                 )
             )
         except ApiException as exc:
             raise DispatchRejected(
-                "Rejected", f"Secret {name} exists and could not be updated: {_describe(exc)}"
+                "Rejected", f"Secret {name} exists and could not be updated ({_status(exc)})"
             ) from None
+
+    def _read_secret(self, name: str, deadline: float) -> Any:
+        return _read_json(
+            self._call(
+                f"read Secret {name}",
+                lambda args: self._api.read_namespaced_secret(
+                    name, self._namespace, _preload_content=False, **args
+                ),
+                deadline,
+            )
+        )
 
     def _own_secret(self, name: str, uid: str, deadline: float) -> None:
         """Make pod ``name`` (``uid``) the owner of its Secret, so that deleting the pod deletes the Secret.
@@ -531,6 +568,7 @@ class Dispatcher:
                         name, self._namespace, patch, _preload_content=False, **args
                     ),
                     deadline,
+                    reveal=False,
                 )
             )
         except DispatchRejected as exc:
@@ -543,17 +581,24 @@ class Dispatcher:
                     name,
                     name,
                     name,
-                    _describe(exc),
+                    _status(exc),
                 )
 
-    def _delete_secret(self, name: str, deadline: float) -> None:
-        """Delete the try's Secret (404 is fine); a failure is logged, it never fails the job."""
+    def _delete_secret(self, name: str, key: TaskKey, deadline: float) -> None:
+        """Delete the try's Secret if it is this try's (404 is fine); a failure is logged, it never fails
+        the job. The delete names the uid that was checked, so a Secret made anew meanwhile stays."""
         try:
+            secret = self._read_secret(name, deadline)
+            problem = ownership_problem(secret, key, self._config.key_prefix, kind="Secret")
+            if problem is not None:
+                log.warning("job %s: Secret %s left alone: %s", name, name, problem)
+                return
+            options = V1DeleteOptions(preconditions=V1Preconditions(uid=_uid(secret)))
             _read_json(
                 self._call(
                     f"delete Secret {name}",
                     lambda args: self._api.delete_namespaced_secret(
-                        name, self._namespace, _preload_content=False, **args
+                        name, self._namespace, body=options, _preload_content=False, **args
                     ),
                     deadline,
                 )
@@ -561,7 +606,9 @@ class Dispatcher:
         except DispatchRejected as exc:
             log.error("job %s: could not delete Secret %s: %s", name, name, exc.message)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status == 409:  # the precondition: another Secret holds the name now
+                log.info("job %s: Secret %s was replaced meanwhile; left alone", name, name)
+            elif exc.status != 404:
                 log.error("job %s: could not delete Secret %s: %s", name, name, _describe(exc))
 
     # delete
@@ -583,10 +630,10 @@ class Dispatcher:
             return {"result": "failed", "reason": "InvalidMessage", "message": str(exc)}
         return self._revoke(request.key, request.reason, deadline)
 
-    def _revoke(self, key: TaskKey, why: str, deadline: float, *, secret: bool = False) -> dict[str, Any]:
+    def _revoke(self, key: TaskKey, why: str, deadline: float) -> dict[str, Any]:
         name = job_id_for(key)
         try:
-            message = f"{why}; pod {name} {self._delete_pod(name, key, deadline, secret=secret)}"
+            message = f"{why}; pod {name} {self._delete_pod(name, key, deadline)}"
         except DispatchRejected as exc:  # the executor asked to stop: it is told, and so is the operator
             log.error("job %s: could not delete pod %s: %s", name, name, exc.message)
             message = f"{why}; pod {name} could not be deleted: {exc.message}"
@@ -603,18 +650,17 @@ class Dispatcher:
         log.info("job %s: revoked (%s)", name, message)
         return {"job_id": name, "result": "revoked", "message": message}
 
-    def _delete_pod(self, name: str, key: TaskKey, deadline: float, *, secret: bool = False) -> str:
+    def _delete_pod(self, name: str, key: TaskKey, deadline: float) -> str:
         """Delete this try's pod; "deleted" or "was already gone". A pod of another try is left alone.
 
-        Its launch Secret goes too, when the pod names one or ``secret`` says the launch made one: a run
-        that died between creating the Secret and the pod left a Secret no pod owns.
+        The try's launch Secret, if there is one, goes too: a run that died between creating the Secret
+        and the pod left a Secret no pod owns (and one the pod owns is not left to the garbage collector).
         """
         try:
             pod = self._read_pod(name, deadline)
-            problem = _ownership_problem(pod, key, self._config.key_prefix)
+            problem = ownership_problem(pod, key, self._config.key_prefix)
             if problem is not None:
                 raise DispatchRejected("NameConflict", f"not deleted: {problem}")
-            secret = secret or launch_secret_of(pod) is not None
             _read_json(
                 self._call(
                     f"delete pod {name}",
@@ -634,8 +680,7 @@ class Dispatcher:
             gone = "was already gone"
         else:
             gone = "deleted"
-        if secret:
-            self._delete_secret(name, deadline)
+        self._delete_secret(name, key, deadline)
         return gone
 
     # failing a try
@@ -665,13 +710,18 @@ class Dispatcher:
 
     # policies
 
-    def _call(self, what: str, request: Callable[[dict[str, Any]], T], deadline: float) -> T:
+    def _call(
+        self, what: str, request: Callable[[dict[str, Any]], T], deadline: float, *, reveal: bool = True
+    ) -> T:
         """Run one API request under the retry policy, within the job's ``deadline``; the last error is
         raised once it gives up.
 
         Transient errors that outlast the policy become :class:`DispatchRejected` ("ApiUnavailable"); an
         ApiException that is not transient is raised as is, for the caller to judge (409, 404, 422 ...).
+        Without ``reveal`` (a request that carries secret values) errors are described by status and
+        reason only, never by the response body.
         """
+        describe = _describe if reveal else _status
         started = self._clock()
         attempts = 0
         retrying = Retrying(
@@ -687,7 +737,7 @@ class Dispatcher:
                 "%s: attempt %d failed (%s), retrying in %.2f s",
                 what,
                 state.attempt_number,
-                _describe(state.outcome.exception() or Exception("?")) if state.outcome else "?",
+                describe(state.outcome.exception() or Exception("?")) if state.outcome else "?",
                 state.upcoming_sleep,
             ),
         )
@@ -705,7 +755,7 @@ class Dispatcher:
                 f"could not {what} in namespace {self._namespace}: {attempts} attempt(s) in "
                 f"{self._clock() - started:.1f} s failed (at most {limit} retries within "
                 f"dispatch_deadline_seconds = {self._config.dispatch_deadline_seconds}); last error: "
-                f"{_describe(exc)}",
+                f"{describe(exc)}",
             ) from None
         raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
 
@@ -758,32 +808,6 @@ def _uid(obj: Any) -> str | None:
     metadata = obj.get("metadata") if isinstance(obj, dict) else None
     uid = metadata.get("uid") if isinstance(metadata, dict) else None
     return uid if isinstance(uid, str) and uid else None
-
-
-def _ownership_problem(obj: Any, key: TaskKey, instance: str, *, kind: str = "pod") -> str | None:
-    """Why the pod (or Secret) holding this try's name is not this try's of this bridge, or None if it is."""
-    metadata = obj.get("metadata") if isinstance(obj, dict) else None
-    metadata = metadata if isinstance(metadata, dict) else {}
-    name = metadata.get("name", job_id_for(key))
-    try:
-        owner = task_key_from_annotations(metadata.get("annotations"))
-    except TaskKeyError as exc:
-        return (
-            f"{kind} {name} already exists but is not a task {kind} ({exc}); delete it or rename it, then "
-            "retry the task"
-        )
-    if owner != key:
-        return (
-            f"{kind} {name} already exists for another try ({_key_text(owner)}), not {_key_text(key)}: a "
-            f"{kind} name collision; delete that {kind} or retry the task"
-        )
-    label = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
-    if label != instance:
-        return (
-            f"{kind} {name} belongs to bridge instance {label!r} ({INSTANCE_LABEL} label), not {instance!r}; "
-            "bridges sharing a namespace must run different DAGs or use different namespaces"
-        )
-    return None
 
 
 # --- the worker --------------------------------------------------------------------------------------------

@@ -27,7 +27,10 @@ Why it is built this way:
   job is still queued or running: that run could create the freed name again; the sweep deletes it once
   the job has ended. A finished pod's launch Secret (annotation ``kbridge/launch-secret``: the try's own
   secret env values) is deleted first, whether the pod is deleted or kept: a pod kept for debugging must not
-  keep a live token around.
+  keep a live token around; while that delete fails the pod is neither deleted nor labelled (either would
+  drop the only pointer to a Secret the pod may not own), and the sweep retries. The Secret of a pod
+  deleted by someone else (by hand, evicted) goes when its deletion is seen. A Secret is deleted only
+  after a read shows it is this try's, and only with that uid as a precondition.
 * **Errors never stop it.** Redis or API failures back off and retry; a pod without readable task-key
   annotations is skipped with a warning, once.
 """
@@ -54,7 +57,7 @@ from typing import Any
 
 import urllib3
 import yaml
-from kubernetes.client import V1DeleteOptions
+from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
@@ -68,8 +71,8 @@ from bridge.kube_client import backoff_seconds, core_v1, request_args
 from bridge.naming import DNS1123_LABEL_RULE, is_dns1123_label, task_key_from_annotations
 from bridge.protocol import STREAMED_STATES, Keys, TryState, decode_text, job_id_for
 from bridge.records import TryRecords
-from bridge.task_key import TaskKeyError
-from bridge.worker_pod import instance_selector, launch_secret_of
+from bridge.task_key import TaskKey, TaskKeyError
+from bridge.worker_pod import instance_selector, launch_secret_of, ownership_problem
 from workers.leader import Lease
 from workers.pod_state import PodReport, is_deleting, pod_report, vanished_report
 
@@ -84,7 +87,7 @@ CLEANUP_THREADS = 4
 # Phases the sweep looks at: Pending pods (timeouts) and finished ones not yet cleaned up.
 SWEEP_FIELD_SELECTOR = "status.phase!=Running"
 STANDBY_POLL_MAX_SECONDS = 1.0
-_LATER = "; it goes with its pod, and the sweep retries while the pod is kept"
+_LATER = "; the sweep retries"
 
 
 class _Expired(Exception):
@@ -164,7 +167,8 @@ class Watcher:
         self._next_sweep = 0.0
         self._skipped: set[str] = set()  # pods already warned about
         self._cleanup: ThreadPoolExecutor  # one per run(), shut down when it returns
-        self._cleaning: set[str] = set()  # pods whose clean-up is queued or running
+        self._cleaning: set[str] = set()  # pods (and "Secret <name>"s) whose clean-up is queued or running
+        self._secret_retries: dict[str, TaskKey] = {}  # launch Secrets of gone pods still to delete
         self._cleaning_lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -346,8 +350,13 @@ class Watcher:
                 if outcome is not None:
                     detail = ": ".join(part for part in (report.reason, report.message) if part)
                     log.info("pod %s: task %s%s", name, report.state.value, f" ({detail})" if detail else "")
+        secret = launch_secret_of(pod)
         if report is not None and not deleted and _needs_cleanup(pod, report):
-            self._finish_soon(name, report, launch_secret_of(pod))
+            self._finish_soon(name, key, report, secret)
+        elif secret is not None and (deleted or is_deleting(pod)):
+            # hand-deleted, evicted ...: its Secret goes now (the pod may not own it, so no garbage
+            # collector would), not once the pod is kept or deleted by _finish
+            self._delete_secret_soon(secret, key)
 
     def _report(
         self, pod: Mapping[str, Any], name: str, *, deleted: bool, pending_timeout: int
@@ -388,17 +397,39 @@ class Watcher:
         if checkpoint:
             self._redis.set(self._checkpoint_key, checkpoint)
 
-    def _finish_soon(self, name: str, report: PodReport, secret: str | None) -> None:
+    def _finish_soon(self, name: str, key: TaskKey, report: PodReport, secret: str | None) -> None:
         """Queue :meth:`_finish` on the clean-up threads, once per pod at a time."""
         with self._cleaning_lock:
             if name in self._cleaning:
                 return
             self._cleaning.add(name)
-        self._cleanup.submit(self._finish_guarded, name, report, secret)
+        self._cleanup.submit(self._finish_guarded, name, key, report, secret)
 
-    def _finish_guarded(self, name: str, report: PodReport, secret: str | None) -> None:
+    def _delete_secret_soon(self, name: str, key: TaskKey) -> None:
+        """Queue the deletion of the launch Secret of a pod that is going; the sweep retries a failure."""
+        tag = f"Secret {name}"
+        with self._cleaning_lock:
+            self._secret_retries.pop(name, None)
+            if tag in self._cleaning:
+                return
+            self._cleaning.add(tag)
+        self._cleanup.submit(self._delete_secret_guarded, name, key, tag)
+
+    def _delete_secret_guarded(self, name: str, key: TaskKey, tag: str) -> None:
+        gone = False
         try:
-            self._finish(name, report, secret)
+            gone = self._delete_secret(name, key)
+        except Exception:  # a clean-up thread must outlive any one Secret
+            log.exception("could not delete launch Secret %s; the sweep retries", name)
+        finally:
+            with self._cleaning_lock:
+                self._cleaning.discard(tag)
+                if not gone:
+                    self._secret_retries[name] = key
+
+    def _finish_guarded(self, name: str, key: TaskKey, report: PodReport, secret: str | None) -> None:
+        try:
+            self._finish(name, key, report, secret)
         except RedisError as exc:
             log.warning("could not clean up pod %s (Redis: %s); the sweep retries", name, exc)
         except Exception:  # a clean-up thread must outlive any one pod
@@ -407,17 +438,18 @@ class Watcher:
             with self._cleaning_lock:
                 self._cleaning.discard(name)
 
-    def _finish(self, name: str, report: PodReport, secret: str | None) -> None:
+    def _finish(self, name: str, key: TaskKey, report: PodReport, secret: str | None) -> None:
         """Delete or keep (labelled done) a pod whose outcome is recorded, after deleting its launch Secret
-        (``secret``); the sweep retries failures."""
+        (``secret``); the sweep retries failures. While the Secret cannot be deleted the pod stays as it
+        is: a deleted or done-labelled pod drops out of the sweep, and with it the only pointer to a
+        Secret the pod does not own."""
         config = self.config
         delete = (
             report.phase == "Pending"  # failed before it started: it must never start later
             or (config.delete_worker_pods and report.state == TryState.SUCCESS)
             or (config.delete_worker_pods and config.delete_worker_pods_on_failure)
         )
-        # A kept pod is labelled done only once its Secret is gone: the sweep skips pods labelled done.
-        if secret is not None and not self._delete_secret(secret) and not delete:
+        if secret is not None and not self._delete_secret(secret, key):
             return
         if delete and self._launch_pending(name):
             log.info(
@@ -447,17 +479,35 @@ class Watcher:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             log.warning("could not %s pod %s (%s); the sweep retries", _verb(delete), name, exc)
 
-    def _delete_secret(self, name: str) -> bool:
-        """Delete the launch Secret of a finished pod; True once it is gone (404 included)."""
+    def _delete_secret(self, name: str, key: TaskKey) -> bool:
+        """Delete the launch Secret ``name`` of try ``key``; True once no Secret of this try has the name.
+
+        A Secret with the name that is not this try's (checked as dispatchers check it) is left alone,
+        and the delete names the uid that was checked.
+        """
         try:
-            self._api.delete_namespaced_secret(name, self.namespace, **self._request_args)
+            response = self._api.read_namespaced_secret(
+                name, self.namespace, _preload_content=False, **self._request_args
+            )
+            secret = json.loads(response.data)
+            problem = ownership_problem(secret, key, self.config.key_prefix, kind="Secret")
+            if problem is not None:
+                log.warning("launch Secret %s left alone: %s", name, problem)
+                return True
+            uid = (secret.get("metadata") or {}).get("uid")
+            self._api.delete_namespaced_secret(
+                name,
+                self.namespace,
+                body=V1DeleteOptions(preconditions=V1Preconditions(uid=uid)),
+                **self._request_args,
+            )
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # 409: the precondition, another Secret has the name now
                 log.warning(
                     "could not delete launch Secret %s (%s %s)%s", name, exc.status, exc.reason, _LATER
                 )
                 return False
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             log.warning("could not delete launch Secret %s (%s)%s", name, exc, _LATER)
             return False
         return True
@@ -537,7 +587,11 @@ class Watcher:
                 pod, fatal_reasons=self._fatal_reasons, pending_timeout_seconds=0, now=datetime.now(UTC)
             )
             if record is not None and record.terminal and report is not None and _needs_cleanup(pod, report):
-                self._finish_soon(name, report, launch_secret_of(pod))
+                self._finish_soon(name, record.key, report, launch_secret_of(pod))
+        with self._cleaning_lock:
+            retries = list(self._secret_retries.items())
+        for secret, key in retries:
+            self._delete_secret_soon(secret, key)
 
     def _list(self, *, field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
         """Every matching pod as API JSON, in pages of one snapshot, and the snapshot's resourceVersion."""

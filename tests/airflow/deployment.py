@@ -129,11 +129,11 @@ class AirflowDeployment:
         process.wait_for_line(_SCHEDULER_READY, _START_TIMEOUT_S)
         return process
 
-    def kill_scheduler(self) -> None:
-        """SIGKILL: the scheduler gets no chance to hand anything over."""
+    def stop_scheduler(self, signum: int) -> int:
+        """Stop the scheduler with ``signum`` (SIGKILL: no chance to hand anything over); its exit status."""
         process = self.processes.pop("scheduler")
-        process.send(9)
-        process.wait(30)
+        process.send(signum)
+        return process.wait(60)
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from bridge.naming import RUN_ID_KEY
+from bridge.naming import RUN_ID_KEY, TASK_ID_KEY
 from bridge.sim.stack import PodCreations
 from tests.airflow.deployment import AirflowDeployment
 from tests.waiting import wait_until
@@ -30,7 +31,7 @@ DAG_IDS = {
     "kbridge_failing",
     "kbridge_retries",
     "kbridge_mapped",
-    "kbridge_pod_override",
+    "kbridge_executor_config",
     "kbridge_hold",
 }
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
@@ -106,19 +107,26 @@ def test_mapped_task(airflow: AirflowDeployment) -> None:
     }
 
 
-def test_pod_override_resources(airflow: AirflowDeployment) -> None:
-    run_id = _run_id("override")
-    airflow.trigger("kbridge_pod_override", run_id)
-    assert airflow.wait_for_run("kbridge_pod_override", run_id) == "success"
-    [pod] = [
-        pod
+def test_executor_config_shapes_each_pod(airflow: AirflowDeployment) -> None:
+    run_id = _run_id("config")
+    airflow.trigger("kbridge_executor_config", run_id)
+    assert airflow.wait_for_run("kbridge_executor_config", run_id) == "success"
+    pods = {
+        pod.metadata.annotations[TASK_ID_KEY]: pod
         for pod in airflow.stack.core_v1().list_namespaced_pod("default").items
         if pod.metadata.annotations[RUN_ID_KEY] == run_id
-    ]
-    [base] = [container for container in pod.spec.containers if container.name == "base"]
-    assert base.resources.requests == {"cpu": "250m", "memory": "200Mi"}
-    assert base.resources.limits == {"memory": "1Gi"}
-    assert pod.metadata.labels["team"] == "data-platform"
+    }
+    assert sorted(pods) == ["legacy", "sized", "templated"]
+
+    def resources(task_id: str) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+        [base] = [container for container in pods[task_id].spec.containers if container.name == "base"]
+        return base.resources.requests, base.resources.limits
+
+    assert resources("sized") == ({"cpu": "250m", "memory": "200Mi"}, {"memory": "1Gi"})  # pod_override
+    assert pods["sized"].metadata.labels["team"] == "data-platform"
+    assert resources("templated") == ({"memory": "150Mi"}, None)  # pod_template_file
+    assert pods["templated"].metadata.labels["template"] == "from-file"
+    assert resources("legacy") == ({"cpu": "100m"}, {"memory": "800Mi"})  # the 1.10 dict
 
 
 def test_workload_token_is_in_no_pod_spec_and_not_left_in_redis(airflow: AirflowDeployment) -> None:
@@ -137,15 +145,29 @@ def test_workload_token_is_in_no_pod_spec_and_not_left_in_redis(airflow: Airflow
         assert not JWT.search(value), f"a JWT lingers in Redis key {key!r}"
     # Finished pods are kept (delete_worker_pods = False) but their workload Secrets are gone.
     finished = {pod.metadata.name for pod in pods if pod.status.phase in ("Succeeded", "Failed")}
-    secrets = {secret.metadata.name for secret in api.list_namespaced_secret("default").items}
-    assert not finished & secrets
+    assert finished
+
+    def secrets_of_finished_pods() -> set[str]:
+        return finished & {secret.metadata.name for secret in api.list_namespaced_secret("default").items}
+
+    wait_until(lambda: not secrets_of_finished_pods(), "the watcher to delete the finished pods' Secrets")
 
 
-def test_scheduler_restart_adopts_running_tasks(airflow: AirflowDeployment) -> None:
+@pytest.mark.parametrize(
+    ("stop_signal", "finish_while_down"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, True)],
+    ids=["killed-then-adopted", "stopped-while-tasks-finish"],
+)
+def test_scheduler_restart_loses_and_duplicates_nothing(
+    airflow: AirflowDeployment, stop_signal: int, finish_while_down: bool
+) -> None:
+    """Three tasks run while the scheduler goes away and a new one starts: a crash (SIGKILL) with the tasks
+    still running, whose pods the new scheduler must adopt; or a clean stop (SIGTERM) during which the tasks
+    finish. Either way each task body runs once, each try has one pod, and the run succeeds."""
     run_id = _run_id("hold")
+    prefix = "kbridge_hold.hold["
     with PodCreations(airflow.stack.sim_url) as creations:
         airflow.trigger("kbridge_hold", run_id)
-        prefix = "kbridge_hold.hold["
 
         def all_running() -> bool:
             states = airflow.task_states("kbridge_hold", run_id)
@@ -153,20 +175,29 @@ def test_scheduler_restart_adopts_running_tasks(airflow: AirflowDeployment) -> N
             return len(started) == 3 and all(state == "running" for state, _ in states.values())
 
         wait_until(all_running, "the three held tasks to run", timeout=240, interval=0.5)
-        airflow.kill_scheduler()
+        airflow.stop_scheduler(stop_signal)
+        if finish_while_down:
+            airflow.release(run_id)
+            wait_until(
+                lambda: _pod_phases(airflow, run_id) == ["Succeeded"] * 3,
+                "the three pods to finish while no scheduler runs",
+                timeout=120,
+                interval=0.5,
+            )
         scheduler = airflow.start_scheduler()
-        adopted = re.compile(r"Adopted task .*kbridge_hold")
-        wait_until(
-            lambda: len(adopted.findall(scheduler.output())) == 3,
-            "the new scheduler to adopt the three tasks",
-            timeout=120,
-            interval=0.5,
-        )
-        airflow.release(run_id)
+        if not finish_while_down:
+            adopted = re.compile(rf"Adopted task .*run_id='{re.escape(run_id)}'")
+            wait_until(
+                lambda: len(adopted.findall(scheduler.output())) == 3,
+                "the new scheduler to adopt the three running tasks",
+                timeout=120,
+                interval=0.5,
+            )
+            airflow.release(run_id)
         assert airflow.wait_for_run("kbridge_hold", run_id) == "success"
         creations.wait_caught_up()
         assert not creations.duplicates()
-        held = [name for name in creations.added if name.startswith("kbridgehold-hold-")]
+        pods = [name for name in creations.added if name.startswith("kbridgehold-hold-")]
     assert airflow.task_states("kbridge_hold", run_id) == {
         "hold[0]": ("success", 1),
         "hold[1]": ("success", 1),
@@ -174,7 +205,17 @@ def test_scheduler_restart_adopts_running_tasks(airflow: AirflowDeployment) -> N
     }
     bodies = Counter(line.split()[0] for line in _executions(airflow, prefix) if run_id in line)
     assert bodies == {f"kbridge_hold.hold[{i}].{run_id}": 1 for i in range(3)}, "a task body ran twice"
-    assert len(held) == 3
+    assert len([name for name in pods if _run_of(airflow, name) == run_id]) == 3
+
+
+def _pod_phases(airflow: AirflowDeployment, run_id: str) -> list[str]:
+    pods = airflow.stack.core_v1().list_namespaced_pod("default").items
+    return [pod.status.phase for pod in pods if pod.metadata.annotations[RUN_ID_KEY] == run_id]
+
+
+def _run_of(airflow: AirflowDeployment, pod_name: str) -> str:
+    pod = airflow.stack.core_v1().read_namespaced_pod(pod_name, "default")
+    return str(pod.metadata.annotations[RUN_ID_KEY])
 
 
 def test_running_task_log_comes_from_its_pod(airflow: AirflowDeployment) -> None:
@@ -187,7 +228,15 @@ def test_running_task_log_comes_from_its_pod(airflow: AirflowDeployment) -> None
         interval=0.5,
     )
     path = f"/dags/kbridge_hold/dagRuns/{run_id}/taskInstances/hold/logs/1?map_index=0&full_content=true"
-    content = json.dumps(airflow.api("GET", path))
-    airflow.release(run_id)
-    assert "Found logs through kube API" in content, content[:2000]
+    seen: list[str] = []
+
+    def task_output_shown() -> bool:  # the task prints once it runs; the UI shows the pod's log
+        seen.append(json.dumps(airflow.api("GET", path)))
+        return "hold 0 is waiting for its release" in seen[-1]
+
+    try:
+        wait_until(task_output_shown, "the running task's own output in its log", timeout=60, interval=0.5)
+    finally:
+        airflow.release(run_id)
+    assert "Found logs through kube API" in seen[-1], seen[-1][:2000]
     assert airflow.wait_for_run("kbridge_hold", run_id) == "success"

@@ -129,6 +129,14 @@ def test_workload_becomes_a_task_sdk_pod_whose_token_comes_from_a_secret(
     }
     assert TOKEN not in json.dumps(pod)
 
+    # The dispatcher makes the pod own the Secret, then drops the values from Redis: wait for both.
+    wait_until(
+        lambda: api.read_namespaced_secret(name, stack.namespace).metadata.owner_references,
+        "the pod to own its Secret",
+    )
+    wait_until(
+        lambda: not stack.redis.exists(stack.keys.launch_secret(name)), "the launch values to leave Redis"
+    )
     secret = api.read_namespaced_secret(name, stack.namespace)
     assert json.loads(base64.b64decode(secret.data[WORKLOAD_ENV])) == json.loads(item.model_dump_json())
     assert [(ref.kind, ref.name, ref.uid) for ref in secret.metadata.owner_references] == [
@@ -149,8 +157,31 @@ def test_workload_becomes_a_task_sdk_pod_whose_token_comes_from_a_secret(
         lambda: not api.list_namespaced_secret(stack.namespace, field_selector=f"metadata.name={name}").items,
         "its Secret to be garbage-collected",
     )
+    # The revoked outcome is in the result stream once the record says so; sync() reads it, reports nothing.
+    wait_until(lambda: _record_terminal(executor, name), "the try record to show the revoke")
     executor.sync()
     assert item.ti.key not in executor.get_event_buffer(), "revoke_task must not report an event"
+
+
+def _record_terminal(executor: RedisKubernetesExecutor, job_id: str) -> bool:
+    record = executor.core.records.get(job_id)
+    return record is not None and record.terminal
+
+
+def test_a_revoked_never_launched_try_can_be_queued_again_and_runs(
+    executor: RedisKubernetesExecutor, stack: LocalStack
+) -> None:
+    """Airflow's answer to a task stuck in queued: revoke_task, then the same try is queued again."""
+    stack.kill_dispatcher(-1)  # the only live dispatcher: nobody launches, the try stays queued
+    try:
+        item = workload("stuck")
+        queue(executor, item)
+        executor.revoke_task(ti=item.ti)
+        assert item.ti.key not in executor.running
+    finally:
+        stack.add_dispatcher()
+    queue(executor, item)
+    assert Events(executor).wait_for(item.ti.key, TaskInstanceState.SUCCESS)
 
 
 def test_outcomes_become_airflow_states_with_reason_and_exit_code(executor: RedisKubernetesExecutor) -> None:
@@ -202,18 +233,22 @@ def test_a_restarted_scheduler_adopts_what_the_bridge_knows_and_returns_the_rest
         successor.end()
 
 
-def test_running_task_log_is_read_from_its_pod(executor: RedisKubernetesExecutor) -> None:
+def test_running_task_log_is_read_from_its_pod(
+    executor: RedisKubernetesExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     item = workload(
         "chatty",
-        annotations={"sim.kbridge.io/log": "hello from the pod", "sim.kbridge.io/run-seconds": "30"},
+        annotations={"sim.kbridge.io/log": "one\ntwo\nthree", "sim.kbridge.io/run-seconds": "30"},
     )
     queue(executor, item)
     Events(executor).wait_for(item.ti.key, TaskInstanceState.RUNNING)
+    monkeypatch.setenv(f"AIRFLOW__{SECTION.upper()}__RUNNING_POD_LOG_LINES", "2")
+    api_server = RedisKubernetesExecutor()  # as the API server has one: never started, only asked for logs
 
-    messages, logs = executor.get_task_log(item.ti, try_number=1)
+    messages, logs = api_server.get_task_log(item.ti, try_number=1)
     assert "Found logs through kube API" in messages, messages
-    assert "hello from the pod" in "".join(logs)
-    messages, logs = executor.get_task_log(item.ti, try_number=7)  # no such pod
+    assert [line for log in logs for line in log.splitlines()] == ["two", "three"]
+    messages, logs = api_server.get_task_log(item.ti, try_number=7)  # no such pod
     assert logs == []
     assert "Reading from k8s pod logs failed" in messages[-1]
     executor.revoke_task(ti=item.ti)
@@ -224,7 +259,6 @@ def test_airflow_section_overrides_the_bridge_file(
 ) -> None:
     monkeypatch.setenv(f"AIRFLOW__{SECTION.upper()}__KBRIDGE_CONFIG", str(stack.config_path))
     monkeypatch.setenv(f"AIRFLOW__{SECTION.upper()}__QUEUE_NAME", "airflow-tasks")
-    monkeypatch.setenv(f"AIRFLOW__{SECTION.upper()}__RUNNING_POD_LOG_LINES", "20")
     made = RedisKubernetesExecutor()
     assert made.core.config.queue_name == "airflow-tasks"
     assert made.core.config.redis_url == stack.config.redis_url  # from the file

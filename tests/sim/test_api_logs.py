@@ -17,6 +17,7 @@ from kubernetes import client
 
 from bridge.sim.api import ApiServer
 from bridge.sim.logs import LogStore, _ContainerLog
+from tests.pod_log import pod_log
 
 PodManifest = Callable[..., dict[str, Any]]
 
@@ -70,9 +71,9 @@ def test_container_not_started_is_400_with_the_waiting_reason(
 def test_log_text_tail_and_limit(api_server: ApiServer, core_v1: Any, bound_pod: str) -> None:
     api_server.logs.start("default", bound_pod, "base")
     api_server.logs.append("default", bound_pod, "base", b"one\ntwo\nthree\n")
-    assert core_v1.read_namespaced_pod_log(bound_pod, "default") == "one\ntwo\nthree\n"
-    assert core_v1.read_namespaced_pod_log(bound_pod, "default", tail_lines=2) == "two\nthree\n"
-    assert core_v1.read_namespaced_pod_log(bound_pod, "default", limit_bytes=5) == "one\nt"
+    assert pod_log(core_v1, bound_pod, "default") == "one\ntwo\nthree\n"
+    assert pod_log(core_v1, bound_pod, "default", tail_lines=2) == "two\nthree\n"
+    assert pod_log(core_v1, bound_pod, "default", limit_bytes=5) == "one\nt"
     response = core_v1.read_namespaced_pod_log(bound_pod, "default", _preload_content=False)
     assert response.headers["Content-Type"] == "text/plain"
 
@@ -232,7 +233,7 @@ def test_timestamps_prefix_every_line(api_server: ApiServer, core_v1: Any, bound
     api_server.logs.start("default", bound_pod, "base")
     api_server.logs.append("default", bound_pod, "base", b"one\ntw")
     api_server.logs.append("default", bound_pod, "base", b"o\nthree\n")
-    text = core_v1.read_namespaced_pod_log(bound_pod, "default", timestamps=True, since_seconds=3600)
+    text = pod_log(core_v1, bound_pod, "default", timestamps=True, since_seconds=3600)
     lines = text.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["one", "two", "three"]
     for line in lines:

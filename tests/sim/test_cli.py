@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
+from tests.pod_log import pod_log
+
 KBRIDGE = str(Path(sys.executable).parent / "kbridge")
 START_TIMEOUT_S = 20.0
 
@@ -102,7 +104,7 @@ def test_kbridge_sim_serves_a_pod_end_to_end_and_exits_cleanly(
     }
     core_v1.create_namespaced_pod("default", hello)
     assert watch_until_phase(core_v1, "hello", since, {"Succeeded", "Failed"}).status.phase == "Succeeded"
-    assert core_v1.read_namespaced_pod_log("hello", "default") == "hi\n"
+    assert pod_log(core_v1, "hello", "default") == "hi\n"
     core_v1.delete_namespaced_pod("hello", "default")
 
     since = core_v1.list_namespaced_pod("default").metadata.resource_version

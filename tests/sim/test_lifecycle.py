@@ -32,6 +32,7 @@ from bridge.sim.kubelet import (
     ANNOTATION_RUN_SECONDS,
     PodAddressPool,
 )
+from tests.pod_log import pod_log
 
 NAMESPACE = "default"
 # The client's models declare every field Optional; these tests read what the server sent, untyped.
@@ -165,7 +166,7 @@ def test_a_succeeding_pod_goes_through_the_canonical_events(cluster_v1: Any) -> 
     assert_canonical_sequence(events, final_phase="Succeeded")
     terminated = events[-1][1].status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (0, "Completed")
-    assert cluster_v1.read_namespaced_pod_log("ok", NAMESPACE) == "hello from the script\n"
+    assert pod_log(cluster_v1, "ok", NAMESPACE) == "hello from the script\n"
 
 
 @pytest.mark.parametrize(
@@ -450,7 +451,7 @@ def test_deleting_a_running_pod_stops_it_then_removes_it(cluster_v1: Any) -> Non
 
 def test_deleting_a_completed_pod_is_one_modified_and_deleted(cluster_v1: Any) -> None:
     finished = run_to_end(cluster_v1, pod_manifest("done", annotations={ANNOTATION_LOG: "bye\n"}))[-1][1]
-    assert cluster_v1.read_namespaced_pod_log("done", NAMESPACE) == "bye\n"
+    assert pod_log(cluster_v1, "done", NAMESPACE) == "bye\n"
 
     cluster_v1.delete_namespaced_pod("done", NAMESPACE)
     events = watch_pod(
@@ -503,7 +504,7 @@ def start_running(core_v1: CoreV1Api, manifest: dict[str, Any]) -> Any:
 
 
 def log_of(core_v1: CoreV1Api, name: str) -> str:
-    return str(core_v1.read_namespaced_pod_log(name, NAMESPACE))
+    return pod_log(core_v1, name, NAMESPACE)
 
 
 def wait_for_log_line(core_v1: CoreV1Api, name: str) -> str:
@@ -623,8 +624,8 @@ def test_a_pod_with_two_containers_fails_if_one_fails(process_v1: Any) -> None:
     }
     assert states == {"base": (0, "Completed"), "sidecar": (2, "Error")}
     assert [s.name for s in finished.status.container_statuses] == ["base", "sidecar"]
-    assert process_v1.read_namespaced_pod_log("pair", NAMESPACE, container="base") == "main done\n"
-    assert process_v1.read_namespaced_pod_log("pair", NAMESPACE, container="sidecar") == "side\n"
+    assert pod_log(process_v1, "pair", NAMESPACE, container="base") == "main done\n"
+    assert pod_log(process_v1, "pair", NAMESPACE, container="sidecar") == "side\n"
 
 
 def test_deleting_a_running_process_pod_terminates_it(process_v1: Any) -> None:

@@ -86,8 +86,10 @@ SIZED_RESOURCES = k8s.V1ResourceRequirements(
 )
 
 
-@dag(dag_id="kbridge_pod_override", schedule=None, start_date=START, catchup=False)
-def kbridge_pod_override() -> None:
+@dag(dag_id="kbridge_executor_config", schedule=None, start_date=START, catchup=False)
+def kbridge_executor_config() -> None:
+    """The three executor_config forms: pod_override (a V1Pod), pod_template_file, the 1.10 dict."""
+
     @task(
         executor_config={
             "pod_override": k8s.V1Pod(
@@ -97,9 +99,19 @@ def kbridge_pod_override() -> None:
         }
     )
     def sized(ti: Any = None) -> None:
-        _mark(f"kbridge_pod_override.sized.{ti.run_id}", ti.try_number)
+        _mark(f"kbridge_executor_config.sized.{ti.run_id}", ti.try_number)
+
+    @task(executor_config={"pod_template_file": str(Path(__file__).with_name("pod_template.yaml"))})
+    def templated(ti: Any = None) -> None:
+        _mark(f"kbridge_executor_config.templated.{ti.run_id}", ti.try_number)
+
+    @task(executor_config={"KubernetesExecutor": {"request_cpu": "100m", "limit_memory": "800Mi"}})
+    def legacy(ti: Any = None) -> None:
+        _mark(f"kbridge_executor_config.legacy.{ti.run_id}", ti.try_number)
 
     sized()
+    templated()
+    legacy()
 
 
 @dag(dag_id="kbridge_hold", schedule=None, start_date=START, catchup=False)
@@ -109,6 +121,7 @@ def kbridge_hold() -> None:
     @task
     def hold(n: int, ti: Any = None) -> int:
         _mark(f"kbridge_hold.hold[{ti.map_index}].{ti.run_id}", ti.try_number)
+        print(f"hold {ti.map_index} is waiting for its release")
         release = _shared_dir() / f"release-{ti.run_id}"
         deadline = time.monotonic() + RELEASE_TIMEOUT_SECONDS
         while not release.exists():  # the task polls: it is the test's stand-in for real work
@@ -124,5 +137,5 @@ kbridge_success()
 kbridge_failing()
 kbridge_retries()
 kbridge_mapped()
-kbridge_pod_override()
+kbridge_executor_config()
 kbridge_hold()
