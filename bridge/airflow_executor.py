@@ -186,7 +186,8 @@ class RedisKubernetesExecutor(BaseExecutor):
     def _revoke(self, key: TaskKey) -> None:
         try:
             revoked = self.core.revoke(key, report=False)
-            reachable = revoked or bool(self.core.redis.ping())
+            if not revoked:
+                self.core.redis.ping()  # False also means "Redis failed": a ping tells the two apart
         except Exception as exc:  # revoke_task must not raise into the scheduler
             self.log.warning("Could not revoke %s yet (%s); will retry", key, exc)
             self._unsent_revokes.add(key)
@@ -194,7 +195,7 @@ class RedisKubernetesExecutor(BaseExecutor):
         self._unsent_revokes.discard(key)
         if revoked:
             self.log.info("Revoked %s", key)
-        elif reachable:
+        else:
             self.log.info("Nothing to revoke for %s: it has finished or was never sent", key)
 
 

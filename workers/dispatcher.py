@@ -525,17 +525,9 @@ class Dispatcher:
         problem = ownership_problem(existing, key, self._config.key_prefix, kind="Secret")
         if problem is not None:
             raise DispatchRejected("NameConflict", problem)
-        replace_data = [{"op": "add", "path": "/data", "value": secret["data"]}]
         try:
-            _read_json(
-                self._call(
-                    f"update Secret {name}",
-                    lambda args: self._api.patch_namespaced_secret(
-                        name, self._namespace, replace_data, _preload_content=False, **args
-                    ),
-                    deadline,
-                    reveal=False,
-                )
+            self._patch_secret(
+                name, [{"op": "add", "path": "/data", "value": secret["data"]}], "update", deadline
             )
         except ApiException as exc:
             raise DispatchRejected(
@@ -553,6 +545,19 @@ class Dispatcher:
             )
         )
 
+    def _patch_secret(self, name: str, patch: list[dict[str, Any]], what: str, deadline: float) -> None:
+        """Apply a JSON patch to Secret ``name``; errors never echo the body (it may hold the values)."""
+        _read_json(
+            self._call(
+                f"{what} Secret {name}",
+                lambda args: self._api.patch_namespaced_secret(
+                    name, self._namespace, patch, _preload_content=False, **args
+                ),
+                deadline,
+                reveal=False,
+            )
+        )
+
     def _own_secret(self, name: str, uid: str, deadline: float) -> None:
         """Make pod ``name`` (``uid``) the owner of its Secret, so that deleting the pod deletes the Secret.
 
@@ -561,16 +566,7 @@ class Dispatcher:
         owner = [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
         patch = [{"op": "add", "path": "/metadata/ownerReferences", "value": owner}]
         try:
-            _read_json(
-                self._call(
-                    f"set the owner of Secret {name}",
-                    lambda args: self._api.patch_namespaced_secret(
-                        name, self._namespace, patch, _preload_content=False, **args
-                    ),
-                    deadline,
-                    reveal=False,
-                )
-            )
+            self._patch_secret(name, patch, "set the owner of", deadline)
         except DispatchRejected as exc:
             log.warning("job %s: %s; the watcher deletes the Secret once the pod ends", name, exc.message)
         except ApiException as exc:

@@ -24,7 +24,7 @@ from kubernetes.client import models as k8s
 from bridge.airflow_config import SECTION
 from bridge.airflow_executor import TASK_SDK_ARGV, WORKLOAD_ENV, RedisKubernetesExecutor
 from bridge.config import ConfigError
-from bridge.protocol import job_id_for
+from bridge.protocol import TryState, job_id_for
 from bridge.sim.stack import LocalStack
 from bridge.task_key import TaskKey
 from tests.waiting import wait_until
@@ -231,6 +231,48 @@ def test_a_restarted_scheduler_adopts_what_the_bridge_knows_and_returns_the_rest
     finally:
         successor.revoke_task(ti=running.ti)
         successor.end()
+
+
+def test_while_redis_is_down_adoption_keeps_every_task_and_revokes_wait(
+    executor: RedisKubernetesExecutor, stack: LocalStack
+) -> None:
+    """A scheduler restarting during a Redis outage: it must neither hand back a running try (a second pod)
+    nor lose a revoke; both are settled once Redis answers."""
+    launched = workload("launched", annotations={"sim.kbridge.io/outcome": "pending"})
+    queue(executor, launched)
+    name = job_id_for(TaskKey(*launched.ti.key))
+    api = stack.core_v1()
+    wait_until(lambda: _record_launched(executor, name), "the try to be launched")
+    never_sent = workload("never_sent")
+    assert stack.redis_server is not None
+    successor = RedisKubernetesExecutor(parallelism=8)
+    stack.redis_server.stop()
+    try:
+        assert successor.try_adopt_task_instances([launched.ti, never_sent.ti]) == []
+        assert {launched.ti.key, never_sent.ti.key} <= successor.running
+        successor.revoke_task(ti=launched.ti)  # Redis cannot take it yet
+        successor.sync()
+    finally:
+        stack.redis_server.start()
+
+    def settled() -> bool:
+        successor.sync()
+        return never_sent.ti.key not in successor.running
+
+    wait_until(settled, "the never-sent try to be let go once Redis answers", timeout=30)
+    wait_until(
+        lambda: not api.list_namespaced_pod(stack.namespace, field_selector=f"metadata.name={name}").items,
+        "the revoke sent after the outage to delete the pod",
+        timeout=30,
+    )
+    assert launched.ti.key not in successor.running
+    assert successor.get_event_buffer() == {}  # nothing failed: the never-sent try is Airflow's to requeue
+    successor.end()
+
+
+def _record_launched(executor: RedisKubernetesExecutor, job_id: str) -> bool:
+    record = executor.core.records.get(job_id)
+    return record is not None and record.state in (TryState.LAUNCHED, TryState.PENDING, TryState.RUNNING)
 
 
 def test_running_task_log_is_read_from_its_pod(
